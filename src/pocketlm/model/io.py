@@ -1,0 +1,93 @@
+"""Load and save models as Hugging Face directories, the only on-disk model format pocketlm uses."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from pocketlm.data.tokenizer import load_tokenizer, stop_token_ids
+from pocketlm.errors import UserError
+from pocketlm.fsutil import atomic_dir
+
+FINAL_MODEL = "model"  # a run directory keeps its final model here
+
+hf_logging.disable_progress_bar()  # pocketlm shows its own progress; per-file bars are noise here
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """Accept a model directory or a run directory (whose final model is `RUN_DIR/model`)."""
+    path = Path(path)
+    if (path / "config.json").exists() or (path / "adapter_config.json").exists():
+        return path
+    if (path / FINAL_MODEL / "config.json").exists() or (path / FINAL_MODEL / "adapter_config.json").exists():
+        return path / FINAL_MODEL
+    if (path / "checkpoint" / "config.json").exists():
+        return path / "checkpoint"
+    if not path.exists():
+        raise UserError(f"{path}: no such model directory or file")
+    raise UserError(f"{path}: not a model directory (no config.json; expected a Hugging Face model "
+                    "directory, a pocketlm run directory or a .gguf file)")
+
+
+def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               attn_implementation: str = "sdpa") -> tuple[PreTrainedModel, object]:
+    """Load (model, tokenizer) from a Hugging Face directory or a pocketlm run directory, offline."""
+    model_dir = resolve_model_dir(path)
+    adapter = model_dir / "adapter_config.json"
+    base_dir = Path(json.loads(adapter.read_text())["base_model_name_or_path"]) if adapter.exists() else model_dir
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(base_dir), dtype=dtype, local_files_only=True, attn_implementation=attn_implementation)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{base_dir}: cannot load the model ({type(e).__name__}: {e})") from None
+    if adapter.exists():  # a LoRA adapter: fold it into its base for fast inference
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
+    tokenizer = load_tokenizer(model_dir)
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def is_adapter(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_model(model: PreTrainedModel, tokenizer, out_dir: str | Path, *, extra_files: dict | None = None,
+               before_commit=None) -> Path:
+    """Write a complete, loadable model directory atomically (temp directory + rename)."""
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        stops = stop_token_ids(tokenizer)
+        generation = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=stops if len(stops) != 1 else stops[0],
+            pad_token_id=tokenizer.pad_token_id,
+            do_sample=False,
+        )
+        if is_adapter(model):  # PEFT writes only the adapter (adapter_config.json, adapter_model.safetensors)
+            model.save_pretrained(str(tmp))
+            generation.save_pretrained(str(tmp))
+        else:
+            model.generation_config = generation
+            model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        for name, obj in (extra_files or {}).items():
+            with open(tmp / name, "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=2)
+            os.chmod(tmp / name, 0o644)
+        if before_commit is not None:
+            before_commit(tmp)
+    return out_dir
+
+
+def model_summary(model_dir: str | Path) -> dict:
+    model_dir = resolve_model_dir(model_dir)
+    cfg = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+    return {"path": str(model_dir), "architecture": (cfg.architectures or ["?"])[0], "file_bytes": size}

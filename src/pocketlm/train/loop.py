@@ -1,0 +1,300 @@
+"""The one training loop. Pretraining, fine-tuning and distillation differ only in their Task.
+
+A Task supplies `batch(step, micro) -> dict` (deterministic in its arguments, so resume replays the
+same data), `loss(model, batch) -> (loss, n_target_tokens)` and `evaluate(model) -> dict` with at
+least `val_loss`. The loop owns everything else: optimizer, schedule, precision, compile,
+accumulation, clipping, budgets, logging, plots, checkpoints, resume and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pocketlm.config import field
+from pocketlm.device import autocast, dtype_name, resolve_device, resolve_dtype
+from pocketlm.errors import UserError
+from pocketlm.model.io import save_model
+from pocketlm.train.checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoint
+from pocketlm.train.schedule import lr_at
+
+METRICS = "metrics.jsonl"
+BEST_INFO = "trainer_best.json"
+
+
+def parse_duration(text: str | float | int | None) -> float | None:
+    """'90', '90s', '10m', '1.5h' -> seconds."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int | float):
+        return float(text)
+    t = str(text).strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if t[-1] in units:
+            return float(t[:-1]) * units[t[-1]]
+        return float(t)
+    except (ValueError, IndexError):
+        raise UserError(f"--max-time {text!r}: give seconds or a number with s, m or h (e.g. 600, 10m, 1.5h)") from None
+
+
+@dataclass(kw_only=True)
+class LoopConfig:
+    batch_size: int = field(16, "sequences per micro-batch")
+    grad_accum: int = field(1, "micro-batches per optimizer step (effective batch = batch-size x grad-accum)")
+    lr: float = field(1e-3, "peak learning rate")
+    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of --lr")
+    warmup_steps: int = field(100, "linear warm-up steps")
+    schedule: str = field("cosine", "learning-rate schedule after warm-up", choices=["cosine", "wsd", "constant"])
+    decay_fraction: float = field(0.2, "wsd only: fraction of the budget spent decaying")
+    weight_decay: float = field(0.1, "AdamW weight decay (matrices only; norms are not decayed)")
+    beta1: float = field(0.9, "AdamW beta1")
+    beta2: float = field(0.95, "AdamW beta2")
+    grad_clip: float = field(1.0, "clip the gradient norm to this (0 = off)")
+    max_steps: int | None = field(None, "stop after this many optimizer steps")
+    max_tokens: int | None = field(None, "stop after this many training tokens")
+    max_time: str | None = field(None, "stop after this much training time (evaluation excluded): "
+                                 "seconds or 30s / 10m / 1.5h")
+    eval_interval: int = field(200, "evaluate on the validation split every N steps (and at the end)")
+    eval_batches: int = field(20, "validation batches per evaluation")
+    log_interval: int = field(10, "write a metrics line every N steps")
+    save_interval: int = field(500, "write a checkpoint every N steps (also at the end and on Ctrl-C)")
+    seed: int = field(1337, "random seed (initialisation and data order)")
+    dtype: str = field("auto", "compute precision: auto (bf16 where the hardware has it), fp32, bf16, fp16",
+                       choices=["auto", "fp32", "bf16", "fp16"])
+    compile: bool = field(False, "torch.compile the model (slower start, faster steps)")
+    device: str = field("auto", "auto, cpu, cuda, cuda:N or mps")
+    resume: bool = field(False, "continue from OUT/checkpoint")
+    progress: bool = field(True, "show a progress bar")
+
+
+@dataclass
+class Task:
+    batch: Callable[[int, int], dict]
+    loss: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, int]]
+    evaluate: Callable[[torch.nn.Module], dict]
+    tokens_per_step: int | None = None  # for budgets and the progress bar; None = count as we go
+
+
+class _StopFlag:
+    """Turns the first Ctrl-C / SIGTERM into a clean stop after the current step."""
+
+    def __init__(self):
+        self.stop = False
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.stop = True
+        self.signal = signal.Signals(signum).name
+        print(f"\n{self.signal} received: finishing this step and saving a checkpoint "
+              "(press again to stop at once)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: LoopConfig, device: torch.device) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _restore_weights(model: torch.nn.Module, ckpt: Path, device: torch.device) -> None:
+    from safetensors.torch import load_file
+    if (ckpt / "adapter_model.safetensors").exists():  # a LoRA run: only the adapter was trained
+        from peft import set_peft_model_state_dict
+        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors"), device=str(device)))
+        return
+    weights = load_file(str(ckpt / "model.safetensors"), device=str(device))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any(k != "lm_head.weight" for k in missing):
+        raise UserError(f"{ckpt}: checkpoint does not match the model (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    model.tie_weights()
+
+
+def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_dir: str | Path,
+          *, run_info: dict | None = None, best_dir: Path | None = None) -> dict:
+    """Train `model` in place on `task`; checkpoints and metrics go to `out_dir`. Returns a summary.
+
+    With `best_dir`, the weights with the lowest validation loss so far are kept there."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_dtype(cfg.dtype, device)
+    max_time = parse_duration(cfg.max_time)
+    if not (cfg.max_steps or cfg.max_tokens or max_time):
+        raise UserError("give a training budget: --max-steps, --max-tokens or --max-time")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model.to(device)
+    model.train()
+    optimizer = make_optimizer(model, cfg, device)
+
+    step, tokens, elapsed = 0, 0, 0.0
+    metrics_path = out_dir / METRICS
+    if cfg.resume:
+        ckpt = find_checkpoint(out_dir)
+        if ckpt is None:
+            raise UserError(f"{out_dir}: --resume given but there is no checkpoint to resume from")
+        state = load_state(ckpt)
+        _restore_weights(model, ckpt, device)
+        optimizer.load_state_dict(state["optimizer"])
+        step, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
+        carried = state.get("interval", {})
+        restore_rng(state)
+        _truncate_metrics(metrics_path, step)
+        print(f"resumed from {ckpt} at step {step} ({tokens:,} tokens)", file=sys.stderr)
+    else:
+        metrics_path.write_text("", encoding="utf-8")
+        carried = {}
+
+    fwd_model = torch.compile(model) if cfg.compile else model
+
+    def progress_of(step, tokens, elapsed):
+        p = 0.0
+        if cfg.max_steps:
+            p = max(p, step / cfg.max_steps)
+        if cfg.max_tokens:
+            p = max(p, tokens / cfg.max_tokens)
+        if max_time:
+            p = max(p, elapsed / max_time)
+        return p
+
+    def log(record: dict) -> None:
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def evaluate() -> dict:
+        model.eval()
+        with torch.no_grad(), autocast(device, amp_dtype):
+            result = task.evaluate(fwd_model)
+        model.train()
+        return result
+
+    def checkpoint():
+        # the partial logging interval travels with the checkpoint, so a resumed run logs the same curve
+        interval = {"loss": float(interval_loss), "steps": interval_steps, "tokens": interval_tokens}
+        save_checkpoint(out_dir, model, tokenizer, optimizer,
+                        {"step": step, "tokens": tokens, "elapsed": elapsed, "config": dataclasses.asdict(cfg),
+                         "run": run_info or {}, "interval": interval})
+
+    best = float("inf")
+    if best_dir is not None and cfg.resume and (Path(best_dir) / BEST_INFO).exists():
+        best = json.loads((Path(best_dir) / BEST_INFO).read_text())["val_loss"]
+
+    def keep_if_best(result: dict) -> None:
+        nonlocal best
+        if best_dir is not None and result.get("val_loss", float("inf")) < best:
+            best = result["val_loss"]
+            save_model(model, tokenizer, best_dir, extra_files={BEST_INFO: {"step": step, "val_loss": best}})
+
+    bar = tqdm(total=100, disable=not cfg.progress, unit="%", dynamic_ncols=True, file=sys.stderr,
+               bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}{postfix}]", leave=True)
+    bar.n = progress_of(step, tokens, elapsed) * 100
+    last_val = None
+    if step == 0:
+        last_val = evaluate()
+        log({"step": 0, "tokens": 0, "elapsed": 0.0, **last_val})
+        keep_if_best(last_val)
+    interval_loss = torch.tensor(carried.get("loss", 0.0), device=device)
+    interval_tokens, interval_steps = carried.get("tokens", 0), carried.get("steps", 0)
+    interval_start = time.perf_counter()
+    t_last = time.perf_counter()
+    reason = "budget"
+    with _StopFlag() as flag:
+        while progress_of(step, tokens, elapsed) < 1.0:
+            lr = lr_at(step, progress_of(step, tokens, elapsed), lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                       schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio, decay_fraction=cfg.decay_fraction)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            step_loss = torch.zeros((), device=device)
+            step_tokens = 0
+            for micro in range(cfg.grad_accum):
+                batch = task.batch(step, micro)
+                with autocast(device, amp_dtype):
+                    loss, n = task.loss(fwd_model, batch)
+                (loss / cfg.grad_accum).backward()
+                step_loss += loss.detach() / cfg.grad_accum
+                step_tokens += n
+            grad_norm = None
+            if cfg.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += task.tokens_per_step or step_tokens
+            now = time.perf_counter()
+            elapsed += now - t_last
+            t_last = now
+            interval_loss = interval_loss + step_loss
+            interval_tokens += task.tokens_per_step or step_tokens
+            interval_steps += 1
+            if step % cfg.log_interval == 0:
+                dt = now - interval_start
+                tps = interval_tokens / dt
+                loss_value = float(interval_loss) / interval_steps
+                if not math.isfinite(loss_value):
+                    raise UserError(f"training diverged at step {step} (loss {loss_value}); lower --lr "
+                                    "or use --dtype fp32")
+                log({"step": step, "tokens": tokens, "elapsed": round(elapsed, 3), "loss": round(loss_value, 5),
+                     "lr": lr, "tok_per_s": round(tps, 1),
+                     "grad_norm": None if grad_norm is None else round(float(grad_norm), 4)})
+                bar.set_postfix_str(f"step {step}, loss {loss_value:.3f}, {tps:,.0f} tok/s", refresh=False)
+                interval_loss = torch.zeros((), device=device)
+                interval_tokens, interval_steps, interval_start = 0, 0, time.perf_counter()
+            bar.n = min(progress_of(step, tokens, elapsed), 1.0) * 100
+            bar.refresh()
+            done = progress_of(step, tokens, elapsed) >= 1.0
+            if step % cfg.eval_interval == 0 or done:
+                last_val = evaluate()
+                log({"step": step, "tokens": tokens, "elapsed": round(elapsed, 3), **last_val})
+                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_val.items()))
+                keep_if_best(last_val)
+                t_last = time.perf_counter()  # evaluation time is not training time
+            if step % cfg.save_interval == 0 and not done:
+                checkpoint()
+                t_last = time.perf_counter()
+            if flag.stop:
+                reason = "interrupted"
+                break
+    bar.close()
+    checkpoint()
+    return {"step": step, "tokens": tokens, "elapsed": round(elapsed, 2), "stopped": reason,
+            "device": str(device), "dtype": dtype_name(amp_dtype), "compile": cfg.compile,
+            **({} if last_val is None else last_val)}

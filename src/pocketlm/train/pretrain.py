@@ -1,0 +1,109 @@
+"""`pocketlm pretrain`: train a Llama-family model from scratch (or continue one) on prepared tokens."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+from pocketlm.config import field, to_dict
+from pocketlm.data.shards import TOKENIZER_DIR, load_tokens, read_meta
+from pocketlm.data.tokenizer import load_tokenizer, stop_token_ids
+from pocketlm.device import resolve_device
+from pocketlm.errors import UserError
+from pocketlm.evaluate.plots import plot_losses
+from pocketlm.fsutil import atomic_write_json
+from pocketlm.model.io import FINAL_MODEL, resolve_model_dir, save_model
+from pocketlm.model.presets import flops_per_token, get_preset, llama_config
+from pocketlm.train.batches import TokenWindows
+from pocketlm.train.checkpoint import find_checkpoint
+from pocketlm.train.loop import METRICS, LoopConfig, Task, train
+from pocketlm.train.objectives import lm_loss
+
+
+@dataclass(kw_only=True)
+class PretrainConfig(LoopConfig):
+    data: str = field(help="prepared data directory (from `pocketlm prepare`)")
+    out: str = field(help="run directory: checkpoints, metrics, plots and the final model (OUT/model)")
+    model: str = field("mini-12m", "model preset (see `pocketlm models`)")
+    init: str | None = field(None, "start from this Hugging Face causal-LM directory instead of a preset")
+    context: int | None = field(None, "sequence length in tokens (default: the preset's, at most 1024)")
+
+
+def build_model(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
+    torch.manual_seed(cfg.seed)
+    if cfg.init:
+        model_dir = resolve_model_dir(cfg.init)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True,
+                                                     attn_implementation="sdpa")
+        if len(tokenizer) > model.config.vocab_size:
+            raise UserError(f"--init {cfg.init}: its vocabulary ({model.config.vocab_size}) is smaller than the "
+                            f"data's tokenizer ({len(tokenizer)}); prepare the data with --tokenizer {cfg.init}")
+        return model
+    preset = get_preset(cfg.model)
+    stops = stop_token_ids(tokenizer)
+    config = llama_config(preset, len(tokenizer), context=cfg.context or min(preset.context, 1024),
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=stops[0] if len(stops) == 1 else stops,
+                          pad_token_id=tokenizer.pad_token_id)
+    config._attn_implementation = "sdpa"
+    return LlamaForCausalLM(config)
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    data_dir, out_dir = Path(cfg.data), Path(cfg.out)
+    meta = read_meta(data_dir)
+    tokenizer = load_tokenizer(data_dir / TOKENIZER_DIR)
+    if cfg.resume:
+        ckpt = find_checkpoint(out_dir)
+        if ckpt is None:
+            raise UserError(f"{out_dir}: --resume given but there is no checkpoint to resume from")
+        cfg = PretrainConfig(**{**to_dict(cfg), "init": str(ckpt)})
+    elif (out_dir / "checkpoint").exists():
+        raise UserError(f"{out_dir}: already holds a run; use --resume to continue it or choose another --out")
+    model = build_model(cfg, tokenizer)
+    context = cfg.context or min(model.config.max_position_embeddings, 1024)
+    if context > model.config.max_position_embeddings:
+        raise UserError(f"--context {context} is longer than the model's maximum "
+                        f"({model.config.max_position_embeddings})")
+    device = resolve_device(cfg.device)
+    train_tokens = load_tokens(data_dir, "train")
+    val_tokens = load_tokens(data_dir, "val")
+    for name, toks in (("train", train_tokens), ("val", val_tokens)):
+        if len(toks) < context + 2:
+            raise UserError(f"{data_dir}/{name}.bin has only {len(toks)} tokens, fewer than one sequence of "
+                            f"--context {context}; use a shorter --context or more data")
+    train_windows = TokenWindows(train_tokens, cfg.batch_size, context, cfg.seed, device)
+    val_windows = TokenWindows(val_tokens, cfg.batch_size, context, cfg.seed, device)
+    val = meta["splits"]["val"]
+    tokens_per_byte = val["tokens"] / max(val["bytes"], 1)
+
+    def evaluate(model) -> dict:
+        total, count = 0.0, 0
+        for batch in val_windows.eval_batches(cfg.eval_batches):
+            loss, n = lm_loss(model, batch)
+            total += float(loss) * n
+            count += n
+        loss = total / count
+        return {"val_loss": loss, "val_bpb": loss / math.log(2) * tokens_per_byte}
+
+    task = Task(batch=train_windows.batch, loss=lm_loss, evaluate=evaluate,
+                tokens_per_step=cfg.batch_size * context * cfg.grad_accum)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f}M parameters, context {context}, vocabulary {len(tokenizer)}; "
+          f"data: {len(train_tokens):,} train / {len(val_tokens):,} val tokens", file=sys.stderr)
+    t0 = time.time()
+    summary = train(model, tokenizer, task, cfg, out_dir, run_info={"kind": "pretrain", "data": str(data_dir)})
+    final = save_model(model.float(), tokenizer, out_dir / FINAL_MODEL)
+    plot = plot_losses(out_dir / METRICS, out_dir / "loss.png", title=f"{cfg.model} on {data_dir.name}")
+    flops = flops_per_token(model.config, context)
+    tps = summary["tokens"] / max(summary["elapsed"], 1e-9)
+    summary.update({"parameters": n_params, "context": context, "tokens_per_s": round(tps, 1),
+                    "train_tflops": round(flops * tps / 1e12, 4), "wall_s": round(time.time() - t0, 1),
+                    "model_dir": str(final), "loss_plot": str(plot), "config": to_dict(cfg)})
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
