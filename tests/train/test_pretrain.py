@@ -102,7 +102,7 @@ def test_ctrl_c_saves_and_resume_matches_uninterrupted_run(shop_data, tmp_path):
     resumed = _cli("pretrain", *flags, "--out", str(run), "--resume")
     out = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, out
-    assert f"resumed from" in out
+    assert "resumed from" in out
 
     wa, wb = _weights(tmp_path / "straight"), _weights(run)
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "resumed weights differ from the uninterrupted run"

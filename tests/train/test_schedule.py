@@ -2,9 +2,9 @@ import math
 
 import pytest
 
+from pocketlm.errors import UserError
 from pocketlm.train.loop import parse_duration
 from pocketlm.train.schedule import lr_at
-from pocketlm.errors import UserError
 
 
 def test_warmup_is_linear_then_cosine_reaches_min():

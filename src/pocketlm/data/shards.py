@@ -49,5 +49,6 @@ def load_tokens(data_dir: str | Path, split: str) -> np.memmap:
     if path.stat().st_size % dtype.itemsize:
         raise UserError(f"{path}: size is not a multiple of {dtype.itemsize} bytes; the file is damaged")
     if path.stat().st_size == 0:
-        raise UserError(f"{path}: empty split")
+        raise UserError(f"{path}: the '{split}' split is empty (the input had too few documents to split); "
+                        "prepare again with more files or --doc-boundary blank / line")
     return np.memmap(path, dtype=dtype, mode="r")

@@ -1,0 +1,288 @@
+"""The `pocketlm` command: one verb per stage. Run `pocketlm VERB --help` for every option."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+
+from pocketlm import __version__
+from pocketlm.config import add_arguments, field, from_namespace, load_yaml
+from pocketlm.errors import UserError
+
+DESCRIPTION = """\
+pocketlm turns your own text into a small language model, on your own machine, offline.
+
+stages:
+  prepare   clean, de-duplicate and tokenize text files into token shards
+  models    list the model presets and their sizes
+  pretrain  train a model from scratch on prepared data (CPU or GPU)
+  finetune  specialise a model on examples: full or LoRA, chat or prompt/completion data
+  merge     fold a LoRA adapter into a standalone model directory
+  eval      loss, perplexity, bits per byte, size, memory and speed
+  generate  complete a prompt (a model directory or a .gguf file)
+  chat      talk to a model in the terminal
+  export    write a GGUF file for llama.cpp and Ollama
+
+a first run (the bundled shop FAQ, about 3 minutes on a laptop):
+  pocketlm prepare examples/shop/handbook.md examples/shop/faq.jsonl --out runs/shop-data \
+      --vocab-size 2048 --template 'Question: {question}\nAnswer: {answer}'
+  pocketlm pretrain --data runs/shop-data --model micro-5m --out runs/shop --max-time 3m
+  pocketlm generate runs/shop --temperature 0 --prompt $'Question: Do you price match?\nAnswer:'
+
+every verb explains its options: pocketlm VERB --help
+"""
+
+
+@dataclass(kw_only=True)
+class GenerateOptions:
+    model: str = field(help="model directory, run directory or .gguf file", positional=True)
+    prompt: list[str] = field(default_factory=list, help="prompt text (repeat for several prompts)")
+    device: str = field("auto", "auto, cpu, cuda or mps (PyTorch models)")
+    dtype: str = field("fp32", "weights precision for PyTorch models: fp32, bf16, fp16", choices=["fp32", "bf16", "fp16"])
+    stream: bool = field(True, "print tokens as they are generated")
+
+
+@dataclass(kw_only=True)
+class ChatOptions:
+    model: str = field(help="model directory, run directory or .gguf file", positional=True)
+    system: str | None = field(None, "system prompt")
+    device: str = field("auto", "auto, cpu, cuda or mps")
+    dtype: str = field("fp32", "weights precision: fp32, bf16, fp16", choices=["fp32", "bf16", "fp16"])
+
+
+@dataclass(kw_only=True)
+class EvalOptions:
+    model: str = field(help="model directory or run directory", positional=True)
+    data: str = field(help="a prepared data directory (its val split) or a UTF-8 text file")
+    context: int | None = field(None, "window length in tokens (default: the model's, at most 1024)")
+    batch_size: int = field(8, "windows per forward pass")
+    max_tokens: int | None = field(None, "score at most this many tokens")
+    device: str = field("auto", "auto, cpu, cuda or mps")
+    json: bool = field(False, "print the figures as one JSON object")
+
+
+@dataclass(kw_only=True)
+class ExportOptions:
+    model: str = field(help="model directory or run directory", positional=True)
+    format: str = field("gguf", "output format", choices=["gguf"])
+    quant: str = field("f16", "tensor type: f32 (exact), f16 (half the size), q8_0 (a quarter, near-lossless)",
+                       choices=["f32", "f16", "q8_0"])
+    out: str = field(help="output file, e.g. model.gguf")
+
+
+@dataclass(kw_only=True)
+class MergeOptions:
+    adapter: str = field(help="a LoRA run directory or adapter directory", positional=True)
+    out: str = field(help="where to write the standalone model directory")
+
+
+def _torch_dtype(name: str):
+    import torch
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def _config_from(cls, ns):
+    base = load_yaml(cls, ns.config) if getattr(ns, "config", None) else None
+    return from_namespace(cls, ns, base)  # flags given on the command line win over the YAML file
+
+
+def cmd_prepare(ns):
+    from pocketlm.data.prepare import PrepareConfig, prepare, summary
+    stats = prepare(_config_from(PrepareConfig, ns))
+    print(summary(stats))
+
+
+def cmd_models(ns):
+    from pocketlm.model.presets import PRESETS, count_parameters
+    print(f"{'preset':<14} {'params':>9} {'layers':>6} {'width':>5} {'heads':>7} {'ffn':>5} {'context':>7}  note")
+    for p in PRESETS.values():
+        n = count_parameters(p, ns.vocab_size)
+        print(f"{p.name:<14} {n / 1e6:>8.1f}M {p.layers:>6} {p.hidden:>5} {p.heads:>3}/{p.kv_heads:<3} {p.ffn:>5} "
+              f"{p.context:>7}  {p.note}")
+    print(f"\nparameter counts at vocabulary {ns.vocab_size or 'size of each preset (8192 unless noted)'}; "
+          "the tokenizer's size is used when training.")
+
+
+def cmd_pretrain(ns):
+    from pocketlm.train.pretrain import PretrainConfig, pretrain
+    s = pretrain(_config_from(PretrainConfig, ns))
+    print(f"\ntrained {s['step']} steps, {s['tokens']:,} tokens in {s['elapsed']:.0f} s "
+          f"({s['tokens_per_s']:,.0f} tokens/s, {s['dtype']}{', compiled' if s['compile'] else ''}); "
+          f"validation loss {s.get('val_loss', float('nan')):.4f}")
+    if s["stopped"] == "interrupted":
+        print("interrupted: checkpoint saved; continue with the same command plus --resume")
+    print(f"model:      {s['model_dir']}\nloss curve: {s['loss_plot']}\nmetrics:    {os.path.dirname(s['loss_plot'])}/metrics.jsonl")
+
+
+def cmd_finetune(ns):
+    from pocketlm.train.finetune import FinetuneConfig, finetune
+    s = finetune(_config_from(FinetuneConfig, ns))
+    print(f"\nfine-tuned {s['step']} steps, {s['tokens']:,} tokens in {s['elapsed']:.0f} s "
+          f"({s['tokens_per_s']:,.0f} tokens/s, {s['dtype']}); validation loss {s.get('val_loss', float('nan')):.4f}")
+    if s["stopped"] == "interrupted":
+        print("interrupted: checkpoint saved; continue with the same command plus --resume")
+    print(f"model:      {s['model_dir']}{' (LoRA adapter; `pocketlm merge` folds it in)' if s['config']['lora'] else ''}")
+    print(f"loss curve: {s['loss_plot']}")
+
+
+def cmd_merge(ns):
+    from pocketlm.model.io import load_model, save_model
+    opts = from_namespace(MergeOptions, ns)
+    model, tokenizer = load_model(opts.adapter)
+    save_model(model, tokenizer, opts.out)
+    print(f"wrote {opts.out}: a standalone model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
+
+
+def _is_gguf(path: str) -> bool:
+    return path.lower().endswith(".gguf")
+
+
+def cmd_generate(ns):
+    from pocketlm.serve.engine import SamplingConfig
+    opts, samp = from_namespace(GenerateOptions, ns), from_namespace(SamplingConfig, ns)
+    prompts = opts.prompt
+    if not prompts and not sys.stdin.isatty():
+        prompts = [sys.stdin.read()]
+    if not prompts:
+        raise UserError("give a prompt with --prompt TEXT (or pipe text in)")
+    if _is_gguf(opts.model):
+        from pocketlm.serve.llamacpp import generate_gguf
+        for prompt in prompts:
+            print(prompt, end="", flush=True)
+            for piece in generate_gguf(opts.model, prompt, max_new_tokens=samp.max_new_tokens,
+                                       temperature=samp.temperature, top_k=samp.top_k, top_p=samp.top_p,
+                                       repetition_penalty=samp.repetition_penalty, seed=samp.seed,
+                                       stop=samp.stop, stream=True):
+                print(piece, end="", flush=True)
+            print()
+        return
+    from pocketlm.data.tokenizer import stop_token_ids
+    from pocketlm.device import resolve_device
+    from pocketlm.model.io import load_model
+    from pocketlm.serve.engine import stream_text
+    model, tokenizer = load_model(opts.model, dtype=_torch_dtype(opts.dtype), device=resolve_device(opts.device))
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt, add_special_tokens=True)
+        print(prompt, end="", flush=True)
+        pieces = stream_text(model, tokenizer, ids, samp, stop_token_ids(tokenizer))
+        if opts.stream:
+            for piece in pieces:
+                print(piece, end="", flush=True)
+        else:
+            print("".join(pieces), end="")
+        print()
+
+
+def cmd_chat(ns):
+    from pocketlm.serve.engine import SamplingConfig
+    opts, samp = from_namespace(ChatOptions, ns), from_namespace(SamplingConfig, ns)
+    if _is_gguf(opts.model):
+        from pocketlm.serve.llamacpp import chat_gguf
+        chat_gguf(opts.model, samp, system=opts.system)
+        return
+    from pocketlm.device import resolve_device
+    from pocketlm.model.io import load_model
+    from pocketlm.serve.chat import chat_loop
+    model, tokenizer = load_model(opts.model, dtype=_torch_dtype(opts.dtype), device=resolve_device(opts.device))
+    chat_loop(model, tokenizer, samp, system=opts.system)
+
+
+def cmd_eval(ns):
+    from pocketlm.device import resolve_device
+    from pocketlm.evaluate.perplexity import evaluate_model, print_report
+    from pocketlm.model.io import load_model
+    opts = from_namespace(EvalOptions, ns)
+    model, tokenizer = load_model(opts.model, device=resolve_device(opts.device))
+    report = evaluate_model(model, tokenizer, opts.model, opts.data, context=opts.context,
+                            batch_size=opts.batch_size, max_tokens=opts.max_tokens)
+    print_report(report, opts.json)
+
+
+def cmd_export(ns):
+    from pocketlm.export.gguf import export_gguf
+    opts = from_namespace(ExportOptions, ns)
+    info = export_gguf(opts.model, opts.out, quant=opts.quant)
+    print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB, {opts.quant})")
+    print(f"run it: pocketlm generate {info['path']} --prompt 'Hello'   or   llama-cli -m {info['path']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pocketlm", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pocketlm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="VERB")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    def verb(name, help, func, *configs, epilog=None, recipe=False):
+        p = sub.add_parser(name, help=help, description=help, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if recipe:
+            p.add_argument("--config", metavar="YAML", help="read options from a YAML file; flags override it")
+        for cls in configs:
+            add_arguments(p, cls)
+        p.set_defaults(func=func)
+        return p
+
+    from pocketlm.data.prepare import PrepareConfig
+    from pocketlm.serve.engine import SamplingConfig
+    from pocketlm.train.finetune import FinetuneConfig
+    from pocketlm.train.pretrain import PretrainConfig
+    del fmt
+    verb("prepare", "Clean, de-duplicate and tokenize text into train/val token shards.", cmd_prepare,
+         PrepareConfig, recipe=True, epilog="""examples:
+  pocketlm prepare docs/ faq.jsonl --out data/mydocs
+  pocketlm prepare support.csv --text-column answer --out data/support --vocab-size 8192
+  pocketlm prepare notes/ --tokenizer path/to/SmolLM2 --out data/notes   # reuse a model's tokenizer""")
+    m = verb("models", "List the model presets with their parameter counts.", cmd_models)
+    m.add_argument("--vocab-size", type=int, default=None, help="count parameters at this vocabulary size")
+    verb("pretrain", "Train a small Llama-family model from scratch on prepared data.", cmd_pretrain,
+         PretrainConfig, recipe=True, epilog="""examples:
+  pocketlm pretrain --data data/mydocs --model mini-12m --out runs/mini --max-time 10m
+  pocketlm pretrain --data data/mydocs --out runs/mini --max-steps 5000 --compile --resume
+Ctrl-C saves a checkpoint; add --resume to the same command to continue.""")
+    verb("finetune", "Fine-tune a model (full or LoRA) on chat or prompt/completion examples.", cmd_finetune,
+         FinetuneConfig, recipe=True, epilog="""examples:
+  pocketlm finetune --base runs/shop --data faq.jsonl --out runs/shop-sft \\
+      --prompt-field question --completion-field answer
+  pocketlm finetune --base SmolLM2-135M-Instruct.Q4_1.gguf --data chats.jsonl --out runs/smol-lora --lora
+  pocketlm finetune --base models/qwen --data pairs.tsv --columns en de \\
+      --prompt-template 'Translate to German: {en}' --completion-template '{de}' --out runs/de --lora
+Only assistant tokens are trained on; the best validation checkpoint becomes OUT/model.""")
+    verb("merge", "Fold a LoRA adapter into its base: a standalone model directory.", cmd_merge, MergeOptions)
+    verb("generate", "Complete prompts with a model directory or a GGUF file.", cmd_generate,
+         GenerateOptions, SamplingConfig, epilog="""examples:
+  pocketlm generate runs/mini --prompt 'Once upon a time' --temperature 0.7
+  pocketlm generate model.gguf --prompt 'Our opening hours' --temperature 0""")
+    verb("chat", "Talk to a model in the terminal (its chat template, streaming).", cmd_chat,
+         ChatOptions, SamplingConfig)
+    verb("eval", "Loss, perplexity, bits per byte, size, memory and speed of a model.", cmd_eval, EvalOptions)
+    verb("export", "Export a model to GGUF for llama.cpp and Ollama.", cmd_export, ExportOptions,
+         epilog="example:\n  pocketlm export runs/mini --quant q8_0 --out mini.gguf")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if not getattr(ns, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        ns.func(ns)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""`pocketlm chat`: a terminal conversation that keeps within the model's context window."""
+
+from __future__ import annotations
+
+import sys
+
+from pocketlm.data.tokenizer import stop_token_ids
+from pocketlm.errors import UserError
+from pocketlm.serve.engine import SamplingConfig, stream_text
+
+
+def fit_conversation(tokenizer, messages: list[dict], context: int, reserve: int) -> tuple[list[int], int]:
+    """Token ids of the chat prompt, dropping the oldest turns (never the system prompt) until the
+    prompt plus `reserve` new tokens fit in `context`. Returns (ids, number of messages dropped)."""
+    if not tokenizer.chat_template:
+        raise UserError("this model's tokenizer has no chat template; use `pocketlm generate` instead")
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    dropped = 0
+    while True:
+        ids = tokenizer.apply_chat_template(system + turns, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        if len(ids) + reserve <= context or len(turns) <= 1:
+            break
+        # drop the oldest user/assistant pair
+        cut = 2 if len(turns) > 2 and turns[0]["role"] == "user" else 1
+        turns = turns[cut:]
+        dropped += cut
+    if len(ids) + reserve > context:
+        keep = context - reserve
+        if keep <= 0:
+            raise UserError(f"--max-new-tokens {reserve} leaves no room in the context window of {context}")
+        ids = ids[-keep:]
+    return list(ids), dropped
+
+
+def chat_loop(model, tokenizer, cfg: SamplingConfig, system: str | None = None) -> None:
+    context = getattr(model.config, "max_position_embeddings", 2048)
+    stops = stop_token_ids(tokenizer)
+    messages: list[dict] = [{"role": "system", "content": system}] if system else []
+    print("Chat with the model. Commands: /reset clears the conversation, /exit (or Ctrl-D) quits.",
+          file=sys.stderr)
+    while True:
+        try:
+            user = input("\nyou> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return
+        if user.strip() in ("/exit", "/quit"):
+            return
+        if user.strip() == "/reset":
+            messages = messages[:1] if system else []
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if not user.strip():
+            continue
+        messages.append({"role": "user", "content": user})
+        ids, dropped = fit_conversation(tokenizer, messages, context, cfg.max_new_tokens)
+        if dropped:
+            start = 1 if system else 0
+            del messages[start:start + dropped]
+            print(f"(the conversation is longer than the {context}-token context window: "
+                  f"dropped the {dropped} oldest message(s))", file=sys.stderr)
+        print("model> ", end="", flush=True)
+        reply = []
+        try:
+            for piece in stream_text(model, tokenizer, ids, cfg, stops):
+                reply.append(piece)
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            print(" [stopped]", end="")
+        print()
+        messages.append({"role": "assistant", "content": "".join(reply).strip()})

@@ -1,0 +1,114 @@
+"""Text generation with a KV cache: greedy, temperature, top-k, top-p, repetition penalty, stop strings.
+
+A lean decode loop over transformers' model forward: one prefill, then one token per step with the
+cache, logits for the last position only, no per-step logits-processor machinery. Text streams out
+as soon as it is complete UTF-8 and cannot be the start of a stop string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from pocketlm.config import field
+
+
+@dataclass(kw_only=True)
+class SamplingConfig:
+    max_new_tokens: int = field(128, "most tokens to generate")
+    temperature: float = field(0.8, "sampling temperature; 0 = greedy (always the most likely token)")
+    top_k: int = field(50, "sample only among the k most likely tokens (0 = off)")
+    top_p: float = field(0.95, "sample only among the most likely tokens whose probabilities sum to p (1 = off)")
+    repetition_penalty: float = field(1.0, "divide the scores of tokens already present (1 = off; 1.1-1.3 typical)")
+    stop: list[str] = field(default_factory=list, help="stop when any of these strings appears", metavar="TEXT")
+    seed: int | None = field(None, "random seed for sampling (same seed, same text)")
+
+
+def _apply_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    scores = logits.gather(-1, seen)
+    scores = torch.where(scores > 0, scores / penalty, scores * penalty)
+    return logits.scatter(-1, seen, scores)
+
+
+def pick_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """logits: (1, vocab) float32 -> (1, 1) token id."""
+    if cfg.temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / cfg.temperature
+    if cfg.top_k and cfg.top_k < logits.size(-1):
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0 < cfg.top_p < 1:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > cfg.top_p  # keep the token that crosses p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+@torch.inference_mode()
+def generate_ids(model, prompt_ids: list[int], cfg: SamplingConfig, stop_ids: list[int] = ()) -> Iterator[int]:
+    """Yield new token ids one at a time until max_new_tokens, a stop id or the context limit."""
+    device = next(model.parameters()).device
+    generator = None
+    if cfg.temperature > 0:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+    limit = getattr(model.config, "max_position_embeddings", None) or 10**9
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    seen = ids
+    cache = DynamicCache()
+    stop = set(stop_ids)
+    n_pos = ids.size(1)
+    for _ in range(cfg.max_new_tokens):
+        if n_pos >= limit:
+            return
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :].float()
+        if cfg.repetition_penalty != 1.0:
+            logits = _apply_penalty(logits, seen, cfg.repetition_penalty)
+        nxt = pick_token(logits, cfg, generator)
+        token = int(nxt)
+        if token in stop:
+            return
+        yield token
+        ids = nxt
+        n_pos += 1
+        if cfg.repetition_penalty != 1.0:
+            seen = torch.cat([seen, nxt], dim=1)
+
+
+def stream_text(model, tokenizer, prompt_ids: list[int], cfg: SamplingConfig,
+                stop_ids: list[int] = ()) -> Iterator[str]:
+    """Yield pieces of generated text as they become final; stops at stop strings (not included)."""
+    new_ids: list[int] = []
+    emitted = 0
+    stops = [s for s in cfg.stop if s]
+    hold = max((len(s) for s in stops), default=1) - 1
+    for token in generate_ids(model, prompt_ids, cfg, stop_ids):
+        new_ids.append(token)
+        text = tokenizer.decode(new_ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            continue
+        hit = min((i for i in (text.find(s, max(0, emitted - hold)) for s in stops) if i >= 0), default=-1)
+        if hit >= 0:
+            if hit > emitted:
+                yield text[emitted:hit]
+            return
+        safe = len(text) - hold if stops else len(text)
+        if safe > emitted:
+            yield text[emitted:safe]
+            emitted = safe
+    text = tokenizer.decode(new_ids, skip_special_tokens=True)
+    if len(text) > emitted:
+        yield text[emitted:]
+
+
+def generate_text(model, tokenizer, prompt: str, cfg: SamplingConfig, stop_ids: list[int] = ()) -> str:
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=True)
+    return "".join(stream_text(model, tokenizer, prompt_ids, cfg, stop_ids))

@@ -1,0 +1,229 @@
+"""`pocketlm finetune`: supervised fine-tuning (full or LoRA) of any causal LM on chat or prompt/completion data.
+
+The base can be a Hugging Face directory, a pocketlm run, a GGUF file (dequantized through
+transformers' GGUF loader and kept as `RUN/base/`) or, with network access, a hub id. Training runs
+through the same loop as pretraining; only the batches and the loss mask differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pocketlm.config import field, to_dict
+from pocketlm.data.sft import SftFormat, encode_conversation, load_conversations, pack
+from pocketlm.data.tokenizer import load_tokenizer
+from pocketlm.device import resolve_device
+from pocketlm.errors import UserError
+from pocketlm.evaluate.plots import plot_losses
+from pocketlm.fsutil import atomic_write_json
+from pocketlm.model.io import FINAL_MODEL, resolve_model_dir, save_model
+from pocketlm.train.checkpoint import find_checkpoint
+from pocketlm.train.loop import BEST_INFO, METRICS, LoopConfig, Task, train
+from pocketlm.train.objectives import lm_loss
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(LoopConfig):
+    base: str = field(help="base model: a Hugging Face directory, a pocketlm run, a .gguf file or a hub id")
+    data: list[str] = field(help="training examples: .jsonl/.json (chat or prompt/completion), .csv/.tsv")
+    out: str = field(help="run directory; the fine-tuned model (or adapter) goes to OUT/model")
+    val_data: list[str] = field(default_factory=list, help="validation examples (default: split off --val-fraction)")
+    val_fraction: float = field(0.1, "fraction of examples held out for validation when --val-data is not given")
+    epochs: float = field(3.0, "passes over the training examples (when no other budget is given)")
+    context: int = field(512, "longest example in tokens; short examples are packed up to this length")
+    lora: bool = field(False, "train a LoRA adapter instead of all weights")
+    lora_rank: int = field(16, "LoRA rank r")
+    lora_alpha: int = field(32, "LoRA scaling alpha")
+    lora_dropout: float = field(0.05, "LoRA dropout")
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS), help="module names LoRA adapts")
+    prompt_field: str = field("prompt", "record field (or CSV column) holding the prompt")
+    completion_field: str = field("completion", "record field (or CSV column) holding the answer")
+    prompt_template: str | None = field(None, "build the prompt from fields, e.g. 'Translate to German: {en}'")
+    completion_template: str | None = field(None, "build the answer from fields, e.g. '{de}'")
+    system: str | None = field(None, "system prompt added to every example")
+    columns: list[str] | None = field(None, "column names for a CSV/TSV file without a header row")
+    keep_best: bool = field(True, "keep the weights with the lowest validation loss as the final model")
+    strict: bool = field(True, "stop at the first bad record (--no-strict skips it with a warning)")
+    # fine-tuning defaults differ from pretraining
+    lr: float | None = field(None, "peak learning rate (default: 1e-3 with --lora, 5e-5 otherwise)")
+    batch_size: int = field(8, "sequences per micro-batch")
+    warmup_steps: int = field(20, "linear warm-up steps")
+    weight_decay: float = field(0.0, "AdamW weight decay")
+    eval_interval: int = field(50, "evaluate every N steps (and at the end)")
+    save_interval: int = field(200, "checkpoint every N steps (also at the end and on Ctrl-C)")
+
+
+def load_base(base: str, run_dir: Path):
+    """(model, tokenizer, base_dir) where base_dir is a local Hugging Face directory of the base."""
+    path = Path(base)
+    if path.suffix.lower() == ".gguf":
+        if not path.exists():
+            raise UserError(f"{path}: no such GGUF file")
+        local = run_dir / "base"
+        if not (local / "config.json").exists():
+            print(f"converting {path.name} to a Hugging Face directory (dequantized) in {local}", file=sys.stderr)
+            try:
+                tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+                model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                             dtype=torch.float32)
+            except Exception as e:
+                raise UserError(f"{path}: transformers cannot load this GGUF file ({type(e).__name__}: {e})") from None
+            # the weights are dequantized fp32 now: drop the GGUF quantizer so the model saves as safetensors
+            model.hf_quantizer = None
+            model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            save_model(model, tok, local)
+        path = local
+    if path.exists():
+        model_dir = resolve_model_dir(path.resolve())
+        if (model_dir / "adapter_config.json").exists():
+            raise UserError(f"{model_dir}: is a LoRA adapter; fold it into its base first with `pocketlm merge`")
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True,
+                                                     attn_implementation="sdpa")
+        return model, load_tokenizer(model_dir), model_dir
+    if "/" in base and not base.startswith((".", "/")):  # a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+            tok = AutoTokenizer.from_pretrained(base)
+        except OSError as e:
+            raise UserError(f"{base}: not a local path, and it could not be fetched from the hub ({e}); "
+                            "offline, pass a local directory or .gguf file") from None
+        local = run_dir / "base"
+        save_model(model, tok, local)
+        return model, tok, local
+    raise UserError(f"{base}: no such model directory or file")
+
+
+def _split(convs: list, fraction: float, seed: int) -> tuple[list, list]:
+    order = list(range(len(convs)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(round(len(convs) * fraction))) if len(convs) > 1 and fraction > 0 else 0
+    val = set(order[:n_val])
+    return [c for i, c in enumerate(convs) if i not in val], [c for i, c in enumerate(convs) if i in val]
+
+
+def add_lora(model, cfg: FinetuneConfig):
+    from peft import LoraConfig, get_peft_model
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = [t for t in cfg.lora_targets if t in names]
+    if not targets:
+        raise UserError(f"--lora-targets {' '.join(cfg.lora_targets)}: none of these modules are in the model "
+                        f"(it has e.g. {', '.join(sorted(names)[:12])})")
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+class RowBatches:
+    """Batches of packed rows: every epoch visits every row once, in an order fixed by (seed, epoch)."""
+
+    def __init__(self, rows: list[dict], batch_size: int, grad_accum: int, seed: int, device: torch.device):
+        self.rows = {k: torch.tensor([r[k] for r in rows], dtype=torch.long) for k in rows[0]}
+        self.n = len(rows)
+        self.batch_size, self.grad_accum, self.seed, self.device = batch_size, grad_accum, seed, device
+        self._perm: dict[int, torch.Tensor] = {}
+
+    def perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perm:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = {epoch: torch.randperm(self.n, generator=g)}
+        return self._perm[epoch]
+
+    def batch(self, step: int, micro: int) -> dict:
+        start = (step * self.grad_accum + micro) * self.batch_size
+        idx = [int(self.perm((start + i) // self.n)[(start + i) % self.n]) for i in range(self.batch_size)]
+        return {k: v[idx].to(self.device) for k, v in self.rows.items()}
+
+    def all(self, batch_size: int):
+        for i in range(0, self.n, batch_size):
+            yield {k: v[i:i + batch_size].to(self.device) for k, v in self.rows.items()}
+
+
+def build_rows(tokenizer, convs, context: int, pad_id: int, seed: int, label: str) -> list[dict]:
+    examples = [encode_conversation(tokenizer, messages) for _, messages in convs]
+    too_long = sum(1 for ids, _ in examples if len(ids) > context)
+    if too_long:
+        print(f"warning: {too_long} {label} example(s) longer than --context {context} tokens were left out",
+              file=sys.stderr)
+    rows = pack(examples, context, pad_id, seed=seed)
+    if not rows:
+        raise UserError(f"no {label} example fits in --context {context}")
+    return rows
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    out_dir = Path(cfg.out)
+    if cfg.lr is None:
+        cfg = dataclasses.replace(cfg, lr=1e-3 if cfg.lora else 5e-5)
+    if not cfg.resume and (out_dir / "checkpoint").exists():
+        raise UserError(f"{out_dir}: already holds a run; use --resume to continue it or choose another --out")
+    if cfg.resume and find_checkpoint(out_dir) is None:
+        raise UserError(f"{out_dir}: --resume given but there is no checkpoint to resume from")
+    fmt = SftFormat(cfg.prompt_field, cfg.completion_field, cfg.prompt_template, cfg.completion_template,
+                    cfg.system, cfg.columns)
+    convs = load_conversations(cfg.data, fmt, strict=cfg.strict)
+    if cfg.val_data:
+        train_convs, val_convs = convs, load_conversations(cfg.val_data, fmt, strict=cfg.strict)
+    else:
+        train_convs, val_convs = _split(convs, cfg.val_fraction, cfg.seed)
+    if not val_convs:
+        raise UserError("no validation examples: give --val-data or a --val-fraction above 0 with 2+ examples")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer, base_dir = load_base(cfg.base, out_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_rows = build_rows(tokenizer, train_convs, cfg.context, pad_id, cfg.seed, "training")
+    val_rows = build_rows(tokenizer, val_convs, cfg.context, pad_id, cfg.seed, "validation")
+    if cfg.lora:
+        model = add_lora(model, cfg)
+    device = resolve_device(cfg.device)
+    batches = RowBatches(train_rows, cfg.batch_size, cfg.grad_accum, cfg.seed, device)
+    val_batches = RowBatches(val_rows, cfg.batch_size, 1, cfg.seed, device)
+    if not (cfg.max_steps or cfg.max_tokens or cfg.max_time):
+        steps = math.ceil(cfg.epochs * len(train_rows) / (cfg.batch_size * cfg.grad_accum))
+        cfg = dataclasses.replace(cfg, max_steps=max(1, steps))
+
+    def evaluate(model) -> dict:
+        total, count = 0.0, 0
+        for batch in val_batches.all(cfg.batch_size):
+            loss, n = lm_loss(model, batch)
+            total += float(loss) * n
+            count += n
+        return {"val_loss": total / max(count, 1)}
+
+    task = Task(batch=batches.batch, loss=lm_loss, evaluate=evaluate)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"fine-tuning {'LoRA ' if cfg.lora else ''}{trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters on "
+          f"{len(train_convs)} examples ({len(train_rows)} packed rows of {cfg.context}), "
+          f"{len(val_convs)} for validation; {cfg.max_steps} steps", file=sys.stderr)
+    best_dir = out_dir / "best" if cfg.keep_best else None
+    summary = train(model, tokenizer, task, cfg, out_dir, best_dir=best_dir,
+                    run_info={"kind": "finetune", "base": str(base_dir), "lora": cfg.lora})
+    final = out_dir / FINAL_MODEL
+    if best_dir is not None and (best_dir / BEST_INFO).exists():
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(best_dir, final)
+    else:
+        save_model(model, tokenizer, final)
+    plot = plot_losses(out_dir / METRICS, out_dir / "loss.png", title=f"fine-tuning {Path(cfg.base).name}")
+    summary.update({"trainable_parameters": trainable, "parameters": total, "model_dir": str(final),
+                    "loss_plot": str(plot), "base": str(base_dir), "train_examples": len(train_convs),
+                    "val_examples": len(val_convs), "config": to_dict(cfg),
+                    "tokens_per_s": round(summary["tokens"] / max(summary["elapsed"], 1e-9), 1)})
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
