@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from pocketlm import __version__
 from pocketlm.config import add_arguments, field, from_namespace, load_yaml
 from pocketlm.errors import UserError
+from pocketlm.evaluate.tasks import TaskOptions
 
 DESCRIPTION = """\
 pocketlm turns your own text into a small language model, on your own machine, offline.
@@ -20,7 +23,8 @@ stages:
   pretrain  train a model from scratch on prepared data (CPU or GPU)
   finetune  specialise a model on examples: full or LoRA, chat or prompt/completion data
   merge     fold a LoRA adapter into a standalone model directory
-  eval      loss, perplexity, bits per byte, size, memory and speed
+  eval      loss, perplexity, bits per byte, size, memory and speed; task metrics with --task
+  compare   several models on one task, side by side
   generate  complete a prompt (a model directory or a .gguf file)
   chat      talk to a model in the terminal
   export    write a GGUF file for llama.cpp and Ollama
@@ -70,6 +74,14 @@ class ExportOptions:
     quant: str = field("f16", "tensor type: f32 (exact), f16 (half the size), q8_0 (a quarter, near-lossless)",
                        choices=["f32", "f16", "q8_0"])
     out: str = field(help="output file, e.g. model.gguf")
+
+
+@dataclass(kw_only=True)
+class CompareOptions:
+    models: list[str] = field(help="model or run directories to compare", positional=True)
+    data: str = field(help="held-out examples to score every model on")
+    device: str = field("auto", "auto, cpu, cuda or mps")
+    json: bool = field(False, "print the results as JSON")
 
 
 @dataclass(kw_only=True)
@@ -191,13 +203,48 @@ def cmd_chat(ns):
 
 def cmd_eval(ns):
     from pocketlm.device import resolve_device
-    from pocketlm.evaluate.perplexity import evaluate_model, print_report
     from pocketlm.model.io import load_model
     opts = from_namespace(EvalOptions, ns)
+    task_opts = from_namespace(TaskOptions, ns)
     model, tokenizer = load_model(opts.model, device=resolve_device(opts.device))
+    if task_opts.task:
+        from pocketlm.evaluate.tasks import default_save_path, evaluate_task, format_results, save_results
+        result = evaluate_task(model, tokenizer, opts.model, opts.data, task_opts)
+        path = Path(task_opts.save) if task_opts.save else default_save_path(opts.model, task_opts.task, opts.data)
+        if path is not None:
+            save_results(result, path)
+        print(json.dumps(result) if opts.json else format_results(result))
+        if path is not None and not opts.json:
+            print(f"results: {path}")
+        return
+    from pocketlm.evaluate.perplexity import evaluate_model, print_report
     report = evaluate_model(model, tokenizer, opts.model, opts.data, context=opts.context,
                             batch_size=opts.batch_size, max_tokens=opts.max_tokens)
     print_report(report, opts.json)
+
+
+def cmd_compare(ns):
+    from pocketlm.device import resolve_device
+    from pocketlm.evaluate.tasks import evaluate_task
+    from pocketlm.model.io import load_model
+    opts = from_namespace(CompareOptions, ns)
+    task_opts = from_namespace(TaskOptions, ns)
+    if not task_opts.task:
+        raise UserError("give the task to compare on with --task")
+    rows = []
+    for path in opts.models:
+        model, tokenizer = load_model(path, device=resolve_device(opts.device))
+        r = evaluate_task(model, tokenizer, path, opts.data, task_opts)
+        rows.append((path, sum(p.numel() for p in model.parameters()), r))
+    if opts.json:
+        print(json.dumps([{"model": p, "parameters": n, **r} for p, n, r in rows]))
+        return
+    names = list(rows[0][2]["metrics"])
+    width = max(len(p) for p, _, _ in rows) + 2
+    print(f"{'model':<{width}}{'params':>9}" + "".join(f"{n:>16}" for n in names) + f"{'tokens/s':>10}")
+    for p, n, r in rows:
+        print(f"{p:<{width}}{n / 1e6:>8.1f}M" + "".join(f"{r['metrics'][k]:>16.4f}" for k in names)
+              + f"{r['speed']['tokens_per_s']:>10.1f}")
 
 
 def cmd_export(ns):
@@ -257,7 +304,17 @@ Only assistant tokens are trained on; the best validation checkpoint becomes OUT
   pocketlm generate model.gguf --prompt 'Our opening hours' --temperature 0""")
     verb("chat", "Talk to a model in the terminal (its chat template, streaming).", cmd_chat,
          ChatOptions, SamplingConfig)
-    verb("eval", "Loss, perplexity, bits per byte, size, memory and speed of a model.", cmd_eval, EvalOptions)
+    verb("eval", "Loss, perplexity, bits per byte, size, memory and speed of a model; or, with --task, "
+         "the task metric on held-out examples.", cmd_eval, EvalOptions, TaskOptions, epilog="""examples:
+  pocketlm eval runs/mini --data data/mine                     # perplexity and bits per byte on the val split
+  pocketlm eval runs/mini --data notes.txt --json
+  pocketlm eval runs/bot --task facts --data examples/shop/faq_heldout.jsonl \\
+      --prompt-field question --completion-field answer
+  pocketlm eval runs/intents --task classification --data test.csv --prompt-field text --completion-field category
+tasks: qa (exact match, token F1), summarization (ROUGE-L), translation (chrF, BLEU), classification
+(accuracy, macro-F1; decoding constrained to the labels), commands (JSON validity, intent accuracy, slot F1;
+decoding constrained to valid JSON), facts (share of answers containing the expected key fact).""")
+    verb("compare", "Score several models on the same task, side by side.", cmd_compare, CompareOptions, TaskOptions)
     verb("export", "Export a model to GGUF for llama.cpp and Ollama.", cmd_export, ExportOptions,
          epilog="example:\n  pocketlm export runs/mini --quant q8_0 --out mini.gguf")
     return parser

@@ -142,6 +142,11 @@ def to_messages(record: object, fmt: SftFormat, where: str) -> list[dict]:
 
 def load_conversations(paths: list[str | Path], fmt: SftFormat, strict: bool = True) -> list[tuple[str, list[dict]]]:
     """[(where, messages)] for every record; with strict=False bad records are skipped with a warning."""
+    return [(where, messages) for where, messages, _ in load_examples(paths, fmt, strict)]
+
+
+def load_examples(paths: list[str | Path], fmt: SftFormat, strict: bool = True) -> list[tuple[str, list[dict], object]]:
+    """[(where, messages, raw record)] for every record (see load_conversations)."""
     out = []
     for path in map(Path, paths):
         records = (iter_table(path, fmt.columns) if path.suffix.lower() in (".csv", ".tsv")
@@ -149,7 +154,7 @@ def load_conversations(paths: list[str | Path], fmt: SftFormat, strict: bool = T
         for line, record in records:
             where = f"{path}:{line}"
             try:
-                out.append((where, to_messages(record, fmt, where)))
+                out.append((where, to_messages(record, fmt, where), record))
             except UserError as e:
                 if strict:
                     raise

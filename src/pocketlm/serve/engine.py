@@ -52,8 +52,11 @@ def pick_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gener
 
 
 @torch.inference_mode()
-def generate_ids(model, prompt_ids: list[int], cfg: SamplingConfig, stop_ids: list[int] = ()) -> Iterator[int]:
-    """Yield new token ids one at a time until max_new_tokens, a stop id or the context limit."""
+def generate_ids(model, prompt_ids: list[int], cfg: SamplingConfig, stop_ids: list[int] = (),
+                 constraint=None) -> Iterator[int]:
+    """Yield new token ids one at a time until max_new_tokens, a stop id or the context limit.
+
+    A `constraint` (see serve/constrained.py) chooses each token among those that keep the output valid."""
     device = next(model.parameters()).device
     generator = None
     if cfg.temperature > 0:
@@ -65,6 +68,7 @@ def generate_ids(model, prompt_ids: list[int], cfg: SamplingConfig, stop_ids: li
     cache = DynamicCache()
     stop = set(stop_ids)
     n_pos = ids.size(1)
+    generated: list[int] = []
     for _ in range(cfg.max_new_tokens):
         if n_pos >= limit:
             return
@@ -72,11 +76,16 @@ def generate_ids(model, prompt_ids: list[int], cfg: SamplingConfig, stop_ids: li
         logits = out.logits[:, -1, :].float()
         if cfg.repetition_penalty != 1.0:
             logits = _apply_penalty(logits, seen, cfg.repetition_penalty)
-        nxt = pick_token(logits, cfg, generator)
-        token = int(nxt)
+        if constraint is not None:
+            token = constraint.choose(logits, generated)
+            nxt = torch.tensor([[token]], device=device)
+        else:
+            nxt = pick_token(logits, cfg, generator)
+            token = int(nxt)
         if token in stop:
             return
         yield token
+        generated.append(token)
         ids = nxt
         n_pos += 1
         if cfg.repetition_penalty != 1.0:

@@ -1,0 +1,146 @@
+"""`pocketlm eval MODEL --task TASK --data FILE`: generate an answer for every held-out example and score it.
+
+Each example is a conversation (the same files and options as `finetune`); the last assistant
+message is the expected output and everything before it is the prompt. Decoding is greedy; for
+`classification` it is constrained to the label set and for `commands` to valid JSON, so the model
+cannot emit an invalid label or invalid JSON.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pocketlm.config import field
+from pocketlm.data.sft import SftFormat, load_examples
+from pocketlm.data.tokenizer import stop_token_ids
+from pocketlm.errors import UserError
+from pocketlm.evaluate import metrics
+from pocketlm.fsutil import atomic_write_json
+from pocketlm.serve.constrained import JSONConstraint, LabelConstraint
+from pocketlm.serve.engine import SamplingConfig, generate_ids
+
+
+@dataclass(kw_only=True)
+class TaskOptions:
+    task: str | None = field(None, "score a task instead of perplexity", choices=list(metrics.TASKS))
+    prompt_field: str = field("prompt", "record field (or CSV column) holding the prompt")
+    completion_field: str = field("completion", "record field (or CSV column) holding the expected output")
+    prompt_template: str | None = field(None, "build the prompt from fields, e.g. 'Translate to German: {en}'")
+    completion_template: str | None = field(None, "build the expected output from fields")
+    system: str | None = field(None, "system prompt added to every example")
+    columns: list[str] | None = field(None, "column names for a CSV/TSV file without a header row")
+    key_field: str = field("key", "facts task: the field holding the string a correct answer must contain")
+    labels: list[str] | None = field(None, "classification: the label set, or a .json/.txt file of labels "
+                                     "(default: the labels seen in --data)")
+    constrain: bool = field(True, "constrain decoding to the label set (classification) or valid JSON (commands)")
+    limit: int | None = field(None, "score only the first N examples")
+    max_new_tokens: int = field(128, "most tokens to generate per answer")
+    worst: int = field(10, "how many of the worst examples to list")
+    save: str | None = field(None, "write the results as JSON here (default: RUN/evals/TASK-DATA.json for a run)")
+
+
+def _read_labels(spec: list[str] | None, refs: list[str]) -> list[str]:
+    if not spec:
+        return sorted(set(refs))
+    if len(spec) == 1 and Path(spec[0]).is_file():
+        path = Path(spec[0])
+        text = path.read_text(encoding="utf-8")
+        try:
+            labels = json.loads(text) if path.suffix == ".json" else [x.strip() for x in text.splitlines() if x.strip()]
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e.msg})") from None
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise UserError(f"{path}: expected a list of label strings")
+        return labels
+    return list(spec)
+
+
+def evaluate_task(model, tokenizer, model_path: str, data: list[str] | str, opts: TaskOptions,
+                  progress: bool = True) -> dict:
+    task = opts.task
+    if task not in metrics.TASKS:
+        raise UserError(f"--task {task!r}: choose one of {', '.join(metrics.TASKS)}")
+    if not tokenizer.chat_template:
+        raise UserError(f"{model_path}: the tokenizer has no chat template; fine-tune the model first")
+    paths = [data] if isinstance(data, str) else list(data)
+    fmt = SftFormat(opts.prompt_field, opts.completion_field, opts.prompt_template, opts.completion_template,
+                    opts.system, opts.columns)
+    examples = load_examples(paths, fmt)[: opts.limit or None]
+    refs = [messages[-1]["content"] for _, messages, _ in examples]
+    if task == "facts":
+        missing = [w for w, _, rec in examples if not isinstance(rec, dict) or opts.key_field not in rec]
+        if missing:
+            raise UserError(f"{missing[0]}: no field {opts.key_field!r} (the string a correct answer must contain)")
+        keys = [str(rec[opts.key_field]) for _, _, rec in examples]
+    stops = stop_token_ids(tokenizer)
+    stop_id = stops[-1] if stops else tokenizer.eos_token_id
+    constraint = None
+    if opts.constrain and task == "classification":
+        constraint = LabelConstraint(tokenizer, _read_labels(opts.labels, refs), stop_id)
+    elif opts.constrain and task == "commands":
+        constraint = JSONConstraint(tokenizer, stop_id)
+    cfg = SamplingConfig(max_new_tokens=opts.max_new_tokens, temperature=0)
+    inputs, preds, n_tokens = [], [], 0
+    t0 = time.perf_counter()
+    for _, messages, _ in tqdm(examples, desc=f"{task}", disable=not progress, file=sys.stderr, leave=False):
+        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
+        out = list(generate_ids(model, ids, cfg, stops, constraint=constraint))
+        n_tokens += len(out)
+        text = tokenizer.decode(out, skip_special_tokens=True).strip()
+        if task == "commands" and opts.constrain:
+            text = JSONConstraint.finish(text)
+        inputs.append(messages[-2]["content"] if len(messages) > 1 else "")
+        preds.append(text)
+    seconds = time.perf_counter() - t0
+    gold = keys if task == "facts" else refs
+    extra = {"answers": refs} if task == "facts" else {}
+    scores = metrics.score(task, preds, gold, **extra)
+    per = metrics.per_example(task, preds, gold)
+    rows = [{"input": i, "expected": r, "got": p, "score": round(s, 4)}
+            for i, r, p, s in zip(inputs, gold, preds, per, strict=True)]
+    return {
+        "task": task, "data": ", ".join(paths), "model": str(model_path), "examples_scored": len(examples),
+        "metrics": {k: round(v, 4) for k, v in scores.items()},
+        "examples": rows[:10],
+        "worst": metrics.worst_examples(inputs, preds, gold, per, k=opts.worst),
+        "speed": {"seconds": round(seconds, 2), "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
+                  "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)},
+        "constrained": constraint is not None,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def default_save_path(model_path: str, task: str, data: list[str] | str) -> Path | None:
+    run = Path(model_path)
+    if not (run / "metrics.jsonl").exists():
+        return None
+    first = Path(data if isinstance(data, str) else data[0])
+    return run / "evals" / f"{task}-{first.stem}.json"
+
+
+def save_results(result: dict, path: Path) -> Path:
+    atomic_write_json(path, result)
+    return path
+
+
+def format_results(r: dict) -> str:
+    lines = [f"task {r['task']} on {r['data']} ({r['examples_scored']} examples"
+             f"{', constrained decoding' if r['constrained'] else ''})"]
+    for k, v in r["metrics"].items():
+        lines.append(f"  {k:<16} {v:.4f}")
+    lines.append(f"  speed            {r['speed']['tokens_per_s']:.1f} tokens/s, {r['speed']['examples_per_s']:.2f} "
+                 "examples/s")
+    if r["worst"]:
+        lines.append("worst examples (fix them with more examples like these):")
+        for w in r["worst"][:5]:
+            lines.append(f"  [{w['score']:.2f}] {w['input'][:70]!r}\n         expected {str(w['expected'])[:70]!r}"
+                         f"\n         got      {w['got'][:70]!r}")
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""Task evaluation end to end on a model fine-tuned on the bundled shop FAQ."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pocketlm.errors import UserError
+from pocketlm.evaluate.tasks import TaskOptions, evaluate_task
+from pocketlm.model.io import load_model
+from pocketlm.train.finetune import FinetuneConfig, finetune
+
+SHOP = Path(__file__).resolve().parents[2] / "examples" / "shop"
+
+
+@pytest.fixture(scope="module")
+def faq_bot(tiny_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("faq-bot")
+    finetune(FinetuneConfig(base=str(tiny_run), data=[str(SHOP / "faq.jsonl")], out=str(out), max_steps=40,
+                            prompt_field="question", completion_field="answer", lr=2e-3, context=192,
+                            eval_interval=20, progress=False, dtype="fp32"))
+    return out
+
+
+def test_facts_task_scores_saves_and_lists_worst(faq_bot):
+    out = subprocess.run([sys.executable, "-m", "pocketlm", "eval", str(faq_bot), "--task", "facts",
+                          "--data", str(SHOP / "faq_heldout.jsonl"), "--prompt-field", "question",
+                          "--completion-field", "answer", "--limit", "6", "--max-new-tokens", "24", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["examples_scored"] == 6 and set(r["metrics"]) == {"fact_accuracy", "token_f1"}
+    assert 0 <= r["metrics"]["fact_accuracy"] <= 1 and len(r["worst"]) == 6
+    assert r["worst"][0]["score"] <= r["worst"][-1]["score"]
+    saved = json.loads((faq_bot / "evals" / "facts-faq_heldout.json").read_text())
+    assert saved["metrics"] == r["metrics"]
+
+
+def test_classification_is_constrained_to_labels(faq_bot, tmp_path):
+    data = tmp_path / "intents.csv"
+    data.write_text("text,label\nwhere is my parcel,shipping\ncan I send it back,returns\nwhen do you open,hours\n")
+    model, tok = load_model(faq_bot)
+    opts = TaskOptions(task="classification", prompt_field="text", completion_field="label", max_new_tokens=16)
+    r = evaluate_task(model, tok, str(faq_bot), str(data), opts, progress=False)
+    assert all(row["got"] in {"shipping", "returns", "hours"} for row in r["examples"])
+    assert set(r["metrics"]) == {"accuracy", "macro_f1"}
+
+
+def test_facts_task_needs_the_key_field(faq_bot):
+    model, tok = load_model(faq_bot)
+    with pytest.raises(UserError, match="no field 'key'"):
+        evaluate_task(model, tok, str(faq_bot), str(SHOP / "faq.jsonl"),
+                      TaskOptions(task="facts", prompt_field="question", completion_field="answer", limit=2),
+                      progress=False)

@@ -1,0 +1,62 @@
+"""Constrained decoding cannot emit an invalid label or invalid JSON, whatever the model prefers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pocketlm.data.tokenizer import stop_token_ids
+from pocketlm.model.io import load_model
+from pocketlm.serve.constrained import JSONConstraint, LabelConstraint, close_json, json_prefix_state
+from pocketlm.serve.engine import SamplingConfig, generate_ids
+
+
+@pytest.mark.parametrize("text, state", [
+    ("", "partial"), ("{", "partial"), ('{"intent": "Play', "partial"), ('{"a": [1, tr', "partial"),
+    ('{"intent": "PlayMusic", "slots": {}}', "complete"), ('{"a": null} ', "complete"),
+    ("[1]", "invalid"), ('{"a" 1}', "invalid"), ('{"a": 1}}', "invalid"), ('{"a": 01}', "invalid"),
+    ('{"a": tru e}', "invalid"), ('{a: 1}', "invalid"), ('{"a": "x"} x', "invalid"),
+])
+def test_json_prefix_state(text, state):
+    assert json_prefix_state(text) == state
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), json_values, max_size=4), st.data())
+def test_every_prefix_of_valid_json_is_partial_and_closable(obj, data):
+    text = json.dumps(obj, ensure_ascii=data.draw(st.booleans()))
+    assert json_prefix_state(text) == "complete"
+    cut = data.draw(st.integers(0, len(text) - 1))
+    assert json_prefix_state(text[:cut]) == "partial"
+    json.loads(close_json(text[:cut]))  # closing a partial object always parses
+
+
+def test_label_constraint_only_emits_labels(tiny_run):
+    model, tok = load_model(tiny_run)
+    labels = ["card_arrival", "lost_or_stolen_card", "refund_not_showing_up", "top_up_failed"]
+    stops = stop_token_ids(tok)
+    constraint = LabelConstraint(tok, labels, stops[-1])
+    for prompt in ["Question: Where is my card?\nAnswer:", "Returns", "The kettle", "é€ and so on"]:
+        out = list(generate_ids(model, tok.encode(prompt), SamplingConfig(max_new_tokens=30, temperature=0), stops,
+                                constraint=constraint))
+        assert tok.decode(out) in labels
+
+
+def test_json_constraint_always_gives_valid_json(tiny_run):
+    model, tok = load_model(tiny_run)
+    stops = stop_token_ids(tok)
+    for prompt, budget in [("Question: Remind me to call mum at 6\nAnswer:", 40), ("Returns", 12), ("{", 25),
+                           ("The Tidewater kettle", 60)]:
+        out = list(generate_ids(model, tok.encode(prompt), SamplingConfig(max_new_tokens=budget, temperature=0),
+                                stops, constraint=JSONConstraint(tok, stops[-1])))
+        text = JSONConstraint.finish(tok.decode(out, skip_special_tokens=True))
+        assert isinstance(json.loads(text), dict)
