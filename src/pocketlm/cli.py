@@ -25,6 +25,8 @@ stages:
   merge     fold a LoRA adapter into a standalone model directory
   eval      loss, perplexity, bits per byte, size, memory and speed; task metrics with --task
   compare   several models on one task, side by side
+  report    one self-contained HTML page about a run
+  run       a recipe: a task end to end from one YAML file
   generate  complete a prompt (a model directory or a .gguf file)
   chat      talk to a model in the terminal
   export    write a GGUF file for llama.cpp and Ollama
@@ -145,6 +147,16 @@ def cmd_merge(ns):
     model, tokenizer = load_model(opts.adapter)
     save_model(model, tokenizer, opts.out)
     print(f"wrote {opts.out}: a standalone model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
+
+
+def cmd_report(ns):
+    from pocketlm.evaluate.report import write_report
+    print(f"wrote {write_report(ns.run_dir, ns.out)}")
+
+
+def cmd_run(ns):
+    from pocketlm.recipes import parse_sets, run_recipe
+    run_recipe(ns.recipe, parse_sets(ns.set or []))
 
 
 def _is_gguf(path: str) -> bool:
@@ -314,6 +326,18 @@ Only assistant tokens are trained on; the best validation checkpoint becomes OUT
 tasks: qa (exact match, token F1), summarization (ROUGE-L), translation (chrF, BLEU), classification
 (accuracy, macro-F1; decoding constrained to the labels), commands (JSON validity, intent accuracy, slot F1;
 decoding constrained to valid JSON), facts (share of answers containing the expected key fact).""")
+    r = verb("report", "Write RUN_DIR/report.html: one self-contained page about a run (plots, metrics, "
+             "examples).", cmd_report)
+    r.add_argument("run_dir", metavar="RUN_DIR", help="a pretrain or finetune run directory")
+    r.add_argument("--out", default=None, help="write the page here instead of RUN_DIR/report.html")
+    r = verb("run", "Run a recipe end to end: data -> base or pretrain -> fine-tune -> evaluate -> report.", cmd_run,
+             epilog="""examples:
+  pocketlm run recipes/shop-faq.yaml
+  pocketlm run support-bot --set out=runs/support --set steps=400
+recipes shipped in recipes/: shop-faq, support-bot, translate-en-de, summarize, assistant-commands,
+intents-banking77. A recipe run again skips finished steps and resumes interrupted training.""")
+    r.add_argument("recipe", help="a recipe YAML file, or the name of one in recipes/")
+    r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a recipe parameter (repeatable)")
     verb("compare", "Score several models on the same task, side by side.", cmd_compare, CompareOptions, TaskOptions)
     verb("export", "Export a model to GGUF for llama.cpp and Ollama.", cmd_export, ExportOptions,
          epilog="example:\n  pocketlm export runs/mini --quant q8_0 --out mini.gguf")

@@ -224,7 +224,7 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
             best = result["val_loss"]
             save_model(model, tokenizer, best_dir, extra_files={BEST_INFO: {"step": step, "val_loss": best}})
 
-    bar = tqdm(total=100, disable=not cfg.progress, unit="%", dynamic_ncols=True, file=sys.stderr,
+    bar = tqdm(total=100, disable=not cfg.progress, unit="%", dynamic_ncols=True, file=sys.stderr, mininterval=0.5,
                bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}{postfix}]", leave=True)
     bar.n = progress_of(step, tokens, elapsed) * 100
     last_val = None
@@ -278,8 +278,7 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
                 bar.set_postfix_str(f"step {step}, loss {loss_value:.3f}, {tps:,.0f} tok/s", refresh=False)
                 interval_loss = torch.zeros((), device=device)
                 interval_tokens, interval_steps, interval_start = 0, 0, time.perf_counter()
-            bar.n = min(progress_of(step, tokens, elapsed), 1.0) * 100
-            bar.refresh()
+            bar.update(min(progress_of(step, tokens, elapsed), 1.0) * 100 - bar.n)  # redraws at most twice a second
             done = progress_of(step, tokens, elapsed) >= 1.0
             if step % cfg.eval_interval == 0 or done:
                 last_val = evaluate()

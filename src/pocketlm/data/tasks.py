@@ -1,0 +1,63 @@
+"""Turn public task datasets into fine-tuning files, and split files into train and test."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from pocketlm.errors import UserError
+from pocketlm.fsutil import atomic_write_text
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def split_file(path: str | Path, out_dir: str | Path, test_fraction: float = 0.1, seed: int = 0,
+               limit: int | None = None, columns: list[str] | None = None) -> dict:
+    """Shuffle the records of a .jsonl/.json/.csv/.tsv file and write out_dir/train.jsonl and test.jsonl."""
+    from pocketlm.data.sft import iter_records, iter_table
+    path, out_dir = Path(path), Path(out_dir)
+    if path.suffix.lower() in (".csv", ".tsv"):
+        rows = [r for _, r in iter_table(path, columns)]
+    else:
+        rows = [r for _, r in iter_records(path)]
+    if len(rows) < 2:
+        raise UserError(f"{path}: needs at least 2 records to split")
+    random.Random(seed).shuffle(rows)
+    if limit:
+        rows = rows[:limit]
+    n_test = max(1, int(round(len(rows) * test_fraction)))
+    _write_jsonl(out_dir / "test.jsonl", rows[:n_test])
+    _write_jsonl(out_dir / "train.jsonl", rows[n_test:])
+    return {"train": len(rows) - n_test, "test": n_test}
+
+
+def snips_commands(snips_dir: str | Path, out_dir: str | Path, test_fraction: float = 0.1, seed: int = 0) -> dict:
+    """SNIPS NLU (2017 custom-intent-engines) -> {"prompt": utterance, "completion": '{"intent", "slots"}'} JSONL."""
+    root = Path(snips_dir)
+    files = sorted(root.glob("*/train_*_full.json"))
+    if not files:
+        raise UserError(f"{root}: no SNIPS files (expected INTENT/train_INTENT_full.json)")
+    rows = []
+    for f in files:
+        data = json.loads(f.read_text(encoding="utf-8"))
+        for intent, examples in data.items():
+            for ex in examples:
+                text = "".join(seg["text"] for seg in ex["data"]).strip()
+                slots: dict[str, str] = {}
+                for seg in ex["data"]:
+                    if "entity" in seg:
+                        name, value = seg["entity"], seg["text"].strip()
+                        slots[name] = f"{slots[name]} {value}" if name in slots else value
+                command = json.dumps({"intent": intent, "slots": slots}, ensure_ascii=False)
+                rows.append({"prompt": text, "completion": command})
+    random.Random(seed).shuffle(rows)
+    n_test = max(1, int(round(len(rows) * test_fraction)))
+    out_dir = Path(out_dir)
+    _write_jsonl(out_dir / "test.jsonl", rows[:n_test])
+    _write_jsonl(out_dir / "train.jsonl", rows[n_test:])
+    return {"train": len(rows) - n_test, "test": n_test, "intents": len(files)}
+
+
