@@ -11,6 +11,7 @@ recipe again continues where it stopped.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -123,7 +124,7 @@ def run_step(verb: str, options: dict, where: str) -> str:
         return summary(prepare(make(PrepareConfig, options, where)))
     if verb in ("pretrain", "finetune"):
         out = Path(options["out"])
-        if (out / "summary.json").exists():
+        if (out / "summary.json").exists() and json.loads((out / "summary.json").read_text())["stopped"] != "interrupted":
             return "already done"
         resume = (out / "checkpoint").exists()
         if verb == "pretrain":
@@ -134,6 +135,9 @@ def run_step(verb: str, options: dict, where: str) -> str:
             if isinstance(options.get("data"), str):
                 options["data"] = [options["data"]]
             s = finetune(make(FinetuneConfig, {**options, "resume": resume}, where))
+        if s["stopped"] == "interrupted":  # Ctrl-C or SIGTERM: the checkpoint is saved; stop the recipe here
+            print("interrupted: run the recipe again to resume this step", file=sys.stderr)
+            raise KeyboardInterrupt
         return f"{s['step']} steps, validation loss {s.get('val_loss', float('nan')):.4f}, {s['tokens_per_s']:,.0f} tokens/s"
     if verb == "eval":
         from pocketlm.device import resolve_device
