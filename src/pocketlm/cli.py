@@ -160,7 +160,8 @@ def cmd_run(ns):
 
 
 def _is_gguf(path: str) -> bool:
-    return path.lower().endswith(".gguf")
+    from pocketlm.serve.llamacpp import is_gguf
+    return path.lower().endswith(".gguf") or is_gguf(path)
 
 
 def cmd_generate(ns):
@@ -264,7 +265,8 @@ def cmd_export(ns):
     opts = from_namespace(ExportOptions, ns)
     info = export_gguf(opts.model, opts.out, quant=opts.quant)
     print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB, {opts.quant})")
-    print(f"run it: pocketlm generate {info['path']} --prompt 'Hello'   or   llama-cli -m {info['path']}")
+    print(f"run it: pocketlm generate {info['path']} --prompt 'Hello'\n"
+          f"    or: llama-completion -m {info['path']} -no-cnv -p 'Hello'   (llama.cpp; see docs/export.md for Ollama)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,7 @@ def train_tokenizer(
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
+        max_token_length=32,  # llama.cpp's detokenizer (llama-cpp-python) assumes tokens of at most 32 bytes
     )
     tok.train_from_iterator(texts, trainer=trainer, length=length)
     bos_id = tok.token_to_id(BOS)
