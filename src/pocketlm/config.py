@@ -67,10 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=f"{kwargs['help']} (default: {'on' if default else 'off'})")
             continue
-        if is_list:
+        if is_list:  # repeatable: --prompt a --prompt b, or --prompt a b
             kwargs["nargs"] = meta.get("nargs") or "+"
+            kwargs["action"] = "extend"
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            kwargs["required"] = True
+            # checked by `make`, not argparse, so a --config YAML file can supply it
+            kwargs["help"] = f"{kwargs['help']} (required)"
         if default is not None and default != []:
             kwargs["help"] = f"{kwargs['help']} (default: {default})"
         parser.add_argument(flag, type=elem, default=argparse.SUPPRESS, **kwargs)
@@ -97,7 +99,8 @@ def make(cls: type[T], values: dict, source: str = "config") -> T:
                if f.name not in values and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise UserError(f"{source}: missing required option(s) {', '.join(missing)}")
+        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+        raise UserError(f"{source}: missing required option(s) {flags}")
     return cls(**values)
 
 

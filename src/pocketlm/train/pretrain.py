@@ -99,7 +99,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     t0 = time.time()
     summary = train(model, tokenizer, task, cfg, out_dir, run_info={"kind": "pretrain", "data": str(data_dir)})
     final = save_model(model.float(), tokenizer, out_dir / FINAL_MODEL)
-    plot = plot_losses(out_dir / METRICS, out_dir / "loss.png", title=f"{cfg.model} on {data_dir.name}")
+    plot = plot_losses(out_dir / METRICS, out_dir / "loss.png", title=f"{cfg.model if not cfg.init else Path(cfg.init).name} on {data_dir}")
     flops = flops_per_token(model.config, context)
     tps = summary["tokens"] / max(summary["elapsed"], 1e-9)
     summary.update({"parameters": n_params, "context": context, "tokens_per_s": round(tps, 1),

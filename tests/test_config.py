@@ -1,0 +1,45 @@
+"""Typed configs map one-to-one to flags and YAML keys."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from pocketlm.cli import GenerateOptions, build_parser
+from pocketlm.config import add_arguments, from_namespace, load_yaml
+from pocketlm.errors import UserError
+from pocketlm.serve.engine import SamplingConfig
+from pocketlm.train.pretrain import PretrainConfig
+
+
+def test_repeated_list_flags_accumulate_and_defaults_hold():
+    p = argparse.ArgumentParser()
+    add_arguments(p, GenerateOptions)
+    add_arguments(p, SamplingConfig)
+    ns = p.parse_args(["m", "--prompt", "a", "--prompt", "b", "c", "--temperature", "0", "--no-stream"])
+    opts, samp = from_namespace(GenerateOptions, ns), from_namespace(SamplingConfig, ns)
+    assert opts.prompt == ["a", "b", "c"] and opts.stream is False and opts.model == "m"
+    assert samp.temperature == 0 and samp.top_k == 50 and samp.stop == []
+
+
+def test_yaml_recipe_and_flags_fill_the_same_config(tmp_path):
+    y = tmp_path / "r.yaml"
+    y.write_text("data: d\nout: o\nmax-steps: 5\nlr: 0.002\nschedule: wsd\n")
+    ns = build_parser().parse_args(["pretrain", "--config", str(y), "--lr", "0.01"])
+    cfg = from_namespace(PretrainConfig, ns, load_yaml(PretrainConfig, y))
+    assert (cfg.data, cfg.out, cfg.max_steps, cfg.lr, cfg.schedule) == ("d", "o", 5, 0.01, "wsd")
+    y.write_text("data: d\nout: o\nmax_stepz: 5\n")
+    with pytest.raises(UserError, match="unknown option.*max_stepz"):
+        load_yaml(PretrainConfig, y)
+
+
+def test_every_verb_has_help(capsys):
+    parser = build_parser()
+    for verb in ["prepare", "models", "pretrain", "finetune", "merge", "eval", "compare", "report", "run",
+                 "generate", "chat", "export"]:
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args([verb, "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert "usage: pocketlm " + verb in out and len(out) > 200
