@@ -35,9 +35,11 @@ def fit_conversation(tokenizer, messages: list[dict], context: int, reserve: int
     return list(ids), dropped
 
 
-def chat_loop(model, tokenizer, cfg: SamplingConfig, system: str | None = None) -> None:
-    context = getattr(model.config, "max_position_embeddings", 2048)
-    stops = stop_token_ids(tokenizer)
+def repl(fit, respond, context: int, system: str | None = None) -> None:
+    """The terminal conversation shared by every engine.
+
+    `fit(messages) -> (prompt, messages dropped)` keeps the conversation within the context window;
+    `respond(prompt) -> iterator of text pieces` streams the reply."""
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     print("Chat with the model. Commands: /reset clears the conversation, /exit (or Ctrl-D) quits.",
           file=sys.stderr)
@@ -56,7 +58,7 @@ def chat_loop(model, tokenizer, cfg: SamplingConfig, system: str | None = None) 
         if not user.strip():
             continue
         messages.append({"role": "user", "content": user})
-        ids, dropped = fit_conversation(tokenizer, messages, context, cfg.max_new_tokens)
+        prompt, dropped = fit(messages)
         if dropped:
             start = 1 if system else 0
             del messages[start:start + dropped]
@@ -65,10 +67,17 @@ def chat_loop(model, tokenizer, cfg: SamplingConfig, system: str | None = None) 
         print("model> ", end="", flush=True)
         reply = []
         try:
-            for piece in stream_text(model, tokenizer, ids, cfg, stops):
+            for piece in respond(prompt):
                 reply.append(piece)
                 print(piece, end="", flush=True)
         except KeyboardInterrupt:
             print(" [stopped]", end="")
         print()
         messages.append({"role": "assistant", "content": "".join(reply).strip()})
+
+
+def chat_loop(model, tokenizer, cfg: SamplingConfig, system: str | None = None) -> None:
+    context = getattr(model.config, "max_position_embeddings", 2048)
+    stops = stop_token_ids(tokenizer)
+    repl(fit=lambda messages: fit_conversation(tokenizer, messages, context, cfg.max_new_tokens),
+         respond=lambda ids: stream_text(model, tokenizer, ids, cfg, stops), context=context, system=system)

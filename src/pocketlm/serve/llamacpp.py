@@ -219,49 +219,21 @@ def chat_gguf(path: str | Path, cfg, system: str | None = None, *, n_ctx: int = 
     `cfg` is a SamplingConfig. The oldest turns are dropped when the conversation outgrows the
     context window; /reset clears it, /exit or Ctrl-D quits.
     """
-    import sys
+    from pocketlm.serve.chat import repl
 
     _check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
     llm = load_gguf(path, n_ctx=n_ctx, n_threads=n_threads)
     context = llm.n_ctx()
-    messages: list[dict] = [{"role": "system", "content": system}] if system else []
-    render_chat(llm, messages + [{"role": "user", "content": "hi"}])  # fail early without a template
-    print("Chat with the model. Commands: /reset clears the conversation, /exit (or Ctrl-D) quits.",
-          file=sys.stderr)
-    while True:
-        try:
-            user = input("\nyou> ")
-        except (EOFError, KeyboardInterrupt):
-            print(file=sys.stderr)
-            return
-        if user.strip() in ("/exit", "/quit"):
-            return
-        if user.strip() == "/reset":
-            messages = messages[:1] if system else []
-            print("(conversation cleared)", file=sys.stderr)
-            continue
-        if not user.strip():
-            continue
-        messages.append({"role": "user", "content": user})
-        prompt, dropped = fit_chat(llm, messages, context, cfg.max_new_tokens, keep_system=bool(system))
-        if dropped:
-            start = 1 if system else 0
-            del messages[start:start + dropped]
-            print(f"(the conversation is longer than the {context}-token context window: "
-                  f"dropped the {dropped} oldest message(s))", file=sys.stderr)
-        print("model> ", end="", flush=True)
-        reply = []
-        try:
-            for piece in generate_gguf(path, prompt, max_new_tokens=cfg.max_new_tokens,
-                                       temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                       repetition_penalty=cfg.repetition_penalty, seed=cfg.seed,
-                                       stop=list(cfg.stop), stream=True, n_ctx=n_ctx, n_threads=n_threads):
-                reply.append(piece)
-                print(piece, end="", flush=True)
-        except KeyboardInterrupt:
-            print(" [stopped]", end="")
-        print()
-        messages.append({"role": "assistant", "content": "".join(reply).strip()})
+    first = [{"role": "system", "content": system}] if system else []
+    render_chat(llm, first + [{"role": "user", "content": "hi"}])  # fail early without a template
+
+    def respond(prompt: str):
+        return generate_gguf(path, prompt, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                             top_k=cfg.top_k, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty,
+                             seed=cfg.seed, stop=list(cfg.stop), stream=True, n_ctx=n_ctx, n_threads=n_threads)
+
+    repl(fit=lambda messages: fit_chat(llm, messages, context, cfg.max_new_tokens, keep_system=bool(system)),
+         respond=respond, context=context, system=system)
 
 
 def fit_chat(llm, messages: list[dict], context: int, reserve: int, *,
