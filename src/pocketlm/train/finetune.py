@@ -29,7 +29,7 @@ from pocketlm.fsutil import atomic_write_json
 from pocketlm.model.io import FINAL_MODEL, resolve_model_dir, save_model
 from pocketlm.train.checkpoint import find_checkpoint
 from pocketlm.train.loop import BEST_INFO, METRICS, LoopConfig, Task, train
-from pocketlm.train.objectives import lm_loss
+from pocketlm.train.objectives import lm_loss, mean_loss
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -197,12 +197,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         cfg = dataclasses.replace(cfg, max_steps=max(1, steps))
 
     def evaluate(model) -> dict:
-        total, count = 0.0, 0
-        for batch in val_batches.all(cfg.batch_size):
-            loss, n = lm_loss(model, batch)
-            total += float(loss) * n
-            count += n
-        return {"val_loss": total / max(count, 1)}
+        return {"val_loss": mean_loss(model, val_batches.all(cfg.batch_size))}
 
     task = Task(batch=batches.batch, loss=lm_loss, evaluate=evaluate)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -13,3 +13,13 @@ def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     labels = batch["labels"]
     loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
     return loss, int((labels != -100).sum())
+
+
+def mean_loss(model, batches) -> float:
+    """Token-weighted mean `lm_loss` over `batches` (for validation)."""
+    total, count = 0.0, 0
+    for batch in batches:
+        loss, n = lm_loss(model, batch)
+        total += float(loss) * n
+        count += n
+    return total / max(count, 1)

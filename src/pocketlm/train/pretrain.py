@@ -23,7 +23,7 @@ from pocketlm.model.presets import flops_per_token, get_preset, llama_config
 from pocketlm.train.batches import TokenWindows
 from pocketlm.train.checkpoint import find_checkpoint
 from pocketlm.train.loop import METRICS, LoopConfig, Task, train
-from pocketlm.train.objectives import lm_loss
+from pocketlm.train.objectives import lm_loss, mean_loss
 
 
 @dataclass(kw_only=True)
@@ -83,12 +83,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     tokens_per_byte = val["tokens"] / max(val["bytes"], 1)
 
     def evaluate(model) -> dict:
-        total, count = 0.0, 0
-        for batch in val_windows.eval_batches(cfg.eval_batches):
-            loss, n = lm_loss(model, batch)
-            total += float(loss) * n
-            count += n
-        loss = total / count
+        loss = mean_loss(model, val_windows.eval_batches(cfg.eval_batches))
         return {"val_loss": loss, "val_bpb": loss / math.log(2) * tokens_per_byte}
 
     task = Task(batch=train_windows.batch, loss=lm_loss, evaluate=evaluate,
