@@ -43,3 +43,10 @@ def test_every_verb_has_help(capsys):
         assert e.value.code == 0
         out = capsys.readouterr().out
         assert "usage: pocketlm " + verb in out and len(out) > 200
+
+
+def test_missing_positional_is_named_as_an_argument_not_a_flag(capsys):
+    from pocketlm.cli import main
+    assert main(["prepare", "--out", "somewhere"]) == 2
+    err = capsys.readouterr().err
+    assert "INPUTS" in err and "--inputs" not in err

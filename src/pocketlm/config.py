@@ -99,7 +99,8 @@ def make(cls: type[T], values: dict, source: str = "config") -> T:
                if f.name not in values and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
-        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+        positional = {f.name for f in dataclasses.fields(cls) if f.metadata.get("positional")}
+        flags = ", ".join(m.upper() if m in positional else "--" + m.replace("_", "-") for m in missing)
         raise UserError(f"{source}: missing required option(s) {flags}")
     return cls(**values)
 
