@@ -34,6 +34,23 @@ def split_file(path: str | Path, out_dir: str | Path, test_fraction: float = 0.1
     return {"train": len(rows) - n_test, "test": n_test}
 
 
+def _read_json(path: Path):
+    """JSON from UTF-8, also when emoji were written as UTF-8-encoded surrogate pairs (CESU-8), as in
+    SNIPS' PlayMusic file; anything else that is not UTF-8 is reported with the file and byte offset."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        try:
+            text = raw.decode("utf-8", errors="surrogatepass").encode("utf-16", "surrogatepass").decode("utf-16")
+        except UnicodeError:
+            raise UserError(f"{path}: not valid UTF-8 at byte {e.start}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
 def snips_commands(snips_dir: str | Path, out_dir: str | Path, test_fraction: float = 0.1, seed: int = 0) -> dict:
     """SNIPS NLU (2017 custom-intent-engines) -> {"prompt": utterance, "completion": '{"intent", "slots"}'} JSONL."""
     root = Path(snips_dir)
@@ -42,7 +59,7 @@ def snips_commands(snips_dir: str | Path, out_dir: str | Path, test_fraction: fl
         raise UserError(f"{root}: no SNIPS files (expected INTENT/train_INTENT_full.json)")
     rows = []
     for f in files:
-        data = json.loads(f.read_text(encoding="utf-8"))
+        data = _read_json(f)
         for intent, examples in data.items():
             for ex in examples:
                 text = "".join(seg["text"] for seg in ex["data"]).strip()

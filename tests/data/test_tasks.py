@@ -1,0 +1,47 @@
+import json
+
+import pytest
+
+from pocketlm.data.tasks import snips_commands
+from pocketlm.errors import UserError
+
+
+def _snips_file(folder, intent, utterances):
+    d = folder / intent
+    d.mkdir(parents=True)
+    data = {intent: [{"data": parts} for parts in utterances]}
+    (d / f"train_{intent}_full.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def test_snips_utterances_become_json_commands(tmp_path):
+    src = tmp_path / "snips"
+    _snips_file(src, "PlayMusic", [[{"text": "play "}, {"text": "jazz", "entity": "genre"},
+                                    {"text": " by "}, {"text": "Miles", "entity": "artist"},
+                                    {"text": " "}, {"text": "Davis", "entity": "artist"}]] * 4)
+    stats = snips_commands(src, tmp_path / "out", test_fraction=0.25)
+    assert stats == {"train": 3, "test": 1, "intents": 1}
+    row = json.loads((tmp_path / "out" / "test.jsonl").read_text())
+    assert row["prompt"] == "play jazz by Miles Davis"
+    assert json.loads(row["completion"]) == {"intent": "PlayMusic", "slots": {"genre": "jazz", "artist": "Miles Davis"}}
+
+
+def test_snips_emoji_written_as_surrogate_pairs_are_read(tmp_path):
+    # SNIPS' own PlayMusic file stores emoji as UTF-8-encoded UTF-16 surrogates (CESU-8), not valid UTF-8
+    body = json.dumps({"PlayMusic": [{"data": [{"text": "play "}, {"text": "Pop X", "entity": "playlist"}]}] * 2},
+                      ensure_ascii=False).replace("X", "\ud83c\udf55")
+    raw = body.encode("utf-8", "surrogatepass")
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode("utf-8")
+    (tmp_path / "snips" / "PlayMusic").mkdir(parents=True)
+    (tmp_path / "snips" / "PlayMusic" / "train_PlayMusic_full.json").write_bytes(raw)
+    snips_commands(tmp_path / "snips", tmp_path / "out", test_fraction=0.5)
+    row = json.loads((tmp_path / "out" / "train.jsonl").read_text())
+    assert json.loads(row["completion"])["slots"]["playlist"] == "Pop \U0001f355"
+
+
+def test_snips_file_that_is_not_utf8_is_named(tmp_path):
+    src = tmp_path / "snips" / "GetWeather"
+    src.mkdir(parents=True)
+    (src / "train_GetWeather_full.json").write_bytes(b'{"GetWeather": [{"data": [{"text": "caf\xe9"}]}]}')
+    with pytest.raises(UserError, match="train_GetWeather_full.json: not valid UTF-8 at byte"):
+        snips_commands(tmp_path / "snips", tmp_path / "out")
