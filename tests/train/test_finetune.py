@@ -107,6 +107,23 @@ def test_fine_tuned_model_stops_at_end_of_turn(tiny_run, tmp_path):
     assert tok.decode(out).strip() == "9 am to 7 pm."
 
 
+def test_augment_adds_noisy_training_copies_only(tiny_run, tmp_path):
+    data = tmp_path / "hours.jsonl"
+    rows = [{"question": q, "answer": "9 am to 7 pm."} for q in
+            ["What time do you open on weekdays?", "When does the shop open on Monday morning?",
+             "Opening hours on a Tuesday, please?", "Are you open on Thursday evening?"]]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = {}
+    for n in (0, 3):
+        runs[n] = finetune(FinetuneConfig(base=str(tiny_run), data=[str(data)], val_data=[str(data)],
+                                          out=str(tmp_path / f"aug{n}"), prompt_field="question",
+                                          completion_field="answer", augment=n, epochs=1, **FAST))
+    assert runs[0]["train_examples"] == runs[3]["train_examples"] == 4
+    # the copies are trained on: one epoch now covers more target tokens; validation is unchanged
+    assert runs[3]["tokens"] > runs[0]["tokens"]
+    assert runs[3]["config"]["augment"] == 3
+
+
 @pytest.mark.parametrize("line, message", [
     ('{"messages": [{"content": "hi"}, {"role": "assistant", "content": "x"}]}', "message 1 needs 'role'"),
     ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}', "empty assistant"),

@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pocketlm.config import field, to_dict
+from pocketlm.data.augment import augment
 from pocketlm.data.sft import SftFormat, encode_conversation, load_conversations, pack
 from pocketlm.data.tokenizer import load_tokenizer
 from pocketlm.device import resolve_device
@@ -54,6 +55,8 @@ class FinetuneConfig(LoopConfig):
     completion_template: str | None = field(None, "build the answer from fields, e.g. '{de}'")
     system: str | None = field(None, "system prompt added to every example")
     columns: list[str] | None = field(None, "column names for a CSV/TSV file without a header row")
+    augment: int = field(0, "add N noisy copies of every training example (words dropped or swapped, typos, "
+                         "lower case in the user turn) so a small model learns to read past the exact wording")
     keep_best: bool = field(True, "keep the weights with the lowest validation loss as the final model")
     strict: bool = field(True, "stop at the first bad record (--no-strict skips it with a warning)")
     # fine-tuning defaults differ from pretraining
@@ -179,6 +182,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         train_convs, val_convs = convs, load_conversations(cfg.val_data, fmt, strict=cfg.strict)
     else:
         train_convs, val_convs = _split(convs, cfg.val_fraction, cfg.seed)
+    n_examples = len(train_convs)
+    train_convs = augment(train_convs, cfg.augment, cfg.seed)
     if not val_convs:
         raise UserError("no validation examples: give --val-data or a --val-fraction above 0 with 2+ examples")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +208,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"fine-tuning {'LoRA ' if cfg.lora else ''}{trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters on "
-          f"{len(train_convs)} examples ({len(train_rows)} packed rows of {cfg.context}), "
+          f"{n_examples} examples{f' + {len(train_convs) - n_examples} noisy copies' if cfg.augment else ''} "
+          f"({len(train_rows)} packed rows of {cfg.context}), "
           f"{len(val_convs)} for validation; {cfg.max_steps} steps", file=sys.stderr)
     best_dir = out_dir / "best" if cfg.keep_best else None
     summary = train(model, tokenizer, task, cfg, out_dir, best_dir=best_dir,
@@ -217,7 +223,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         save_model(model, tokenizer, final)
     plot = plot_losses(out_dir / METRICS, out_dir / "loss.png", title=f"fine-tuning {Path(cfg.base).name}")
     summary.update({"trainable_parameters": trainable, "parameters": total, "model_dir": str(final),
-                    "loss_plot": str(plot), "base": str(base_dir), "train_examples": len(train_convs),
+                    "loss_plot": str(plot), "base": str(base_dir), "train_examples": n_examples,
                     "val_examples": len(val_convs), "config": to_dict(cfg),
                     "tokens_per_s": round(summary["tokens"] / max(summary["elapsed"], 1e-9), 1)})
     atomic_write_json(out_dir / "summary.json", summary)
