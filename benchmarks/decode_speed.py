@@ -2,7 +2,9 @@
 exported GGUF (f16, q8_0), for a ~12M and a ~100M model, all in one run on the same machine.
 
 Weights are random (speed does not depend on them); every engine produces exactly --tokens new tokens
-after the same 16-token prompt, greedy, end-of-sequence ignored.
+after the same 16-token prompt, greedy, end-of-sequence ignored. pocketlm runs twice per precision: with
+its lean Llama forward (serve/fastpath.py, the default) and with transformers' forward in the same loop
+(POCKETLM_FASTPATH=0), so the gain of each part shows.
 
     python benchmarks/decode_speed.py
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -66,8 +69,12 @@ def main():
         prompt = tok.encode("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number")[:16]
         result = {"model": preset, "parameters": n_params}
 
-        def ours(n, m=model, prompt=prompt):
-            return sum(1 for _ in generate_ids(m, prompt, SamplingConfig(max_new_tokens=n, temperature=0)))
+        def ours(n, m=model, prompt=prompt, fast=True):
+            os.environ["POCKETLM_FASTPATH"] = "1" if fast else "0"
+            try:
+                return sum(1 for _ in generate_ids(m, prompt, SamplingConfig(max_new_tokens=n, temperature=0)))
+            finally:
+                os.environ.pop("POCKETLM_FASTPATH")
 
         def hf(n, m=model, prompt=prompt):
             with torch.inference_mode():
@@ -77,10 +84,13 @@ def main():
 
         result["transformers_generate_fp32"] = timed(hf, args.tokens)
         result["pocketlm_fp32"] = timed(ours, args.tokens)
+        result["pocketlm_fp32_hf_forward"] = timed(lambda n: ours(n, fast=False), args.tokens)
         bf16 = LlamaForCausalLM(model.config).eval()
         bf16.load_state_dict(model.state_dict())
         bf16 = bf16.to(torch.bfloat16)
         result["pocketlm_bf16"] = timed(lambda n, m=bf16: ours(n, m), args.tokens)
+        result["pocketlm_bf16_hf_forward"] = timed(lambda n, m=bf16: ours(n, m, fast=False), args.tokens)
+        result["transformers_generate_bf16"] = timed(lambda n, m=bf16: hf(n, m), args.tokens)
         try:
             from llama_cpp import Llama
         except ImportError:

@@ -56,10 +56,11 @@ def test_repetition_penalty_reduces_repeats(tiny_run):
 def test_stop_strings_and_streaming(tiny_run):
     model, tok = load_model(tiny_run)
     cfg = SamplingConfig(max_new_tokens=60, temperature=0)
-    full = generate_text(model, tok, PROMPTS[0], cfg)
+    full = generate_text(model, tok, PROMPTS[0], cfg, stop_token_ids(tok))
     assert len(full) > 10
     stop = full[5:9]
-    cut = generate_text(model, tok, PROMPTS[0], SamplingConfig(max_new_tokens=60, temperature=0, stop=[stop]))
+    cut = generate_text(model, tok, PROMPTS[0], SamplingConfig(max_new_tokens=60, temperature=0, stop=[stop]),
+                        stop_token_ids(tok))
     assert cut == full[: full.index(stop)]
     pieces = list(stream_text(model, tok, tok.encode(PROMPTS[0]), cfg, stop_token_ids(tok)))
     assert len(pieces) > 3 and "".join(pieces) == full

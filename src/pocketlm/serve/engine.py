@@ -1,7 +1,8 @@
 """Text generation with a KV cache: greedy, temperature, top-k, top-p, repetition penalty, stop strings.
 
 A lean decode loop over transformers' model forward: one prefill, then one token per step with the
-cache, logits for the last position only, no per-step logits-processor machinery. Text streams out
+cache, logits for the last position only, no per-step logits-processor machinery. Llama models use the
+faster forward of serve/fastpath.py (same logits; POCKETLM_FASTPATH=0 turns it off). Text streams out
 as soon as it is complete UTF-8 and cannot be the start of a stop string.
 """
 
@@ -14,6 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from pocketlm.config import field
+from pocketlm.serve import fastpath
 
 
 @dataclass(kw_only=True)
@@ -65,15 +67,19 @@ def generate_ids(model, prompt_ids: list[int], cfg: SamplingConfig, stop_ids: li
     limit = getattr(model.config, "max_position_embeddings", None) or 10**9
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     seen = ids
-    cache = DynamicCache()
+    fast = fastpath.decoder(model, min(ids.size(1) + cfg.max_new_tokens, limit))
+    cache = DynamicCache() if fast is None else None
     stop = set(stop_ids)
     n_pos = ids.size(1)
     generated: list[int] = []
     for _ in range(cfg.max_new_tokens):
         if n_pos >= limit:
             return
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1, :].float()
+        if fast is not None:
+            logits = fast(ids)
+        else:
+            out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1, :].float()
         if cfg.repetition_penalty != 1.0:
             logits = _apply_penalty(logits, seen, cfg.repetition_penalty)
         if constraint is not None:
