@@ -1,56 +1,54 @@
 #!/usr/bin/env bash
 # The main job on the bundled default: the Harbor & Pine shop handbook and FAQ (examples/shop).
-# prepare -> pretrain -> eval -> generate -> GGUF export -> the same prompts through llama.cpp.
-# Override the training time with DEMO_TIME=5m, the model with DEMO_MODEL=small-30m.
+# prepare -> pretrain -> eval -> fine-tune into a support bot -> score it on questions it never saw
+# -> GGUF export -> chat with the bot through llama.cpp.
+# Override the training times with DEMO_TIME=5m / DEMO_BOT_TIME=3m, the model with DEMO_MODEL=small-30m.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
 OUT=${DEMO_OUT:-runs/demo}
-TIME=${DEMO_TIME:-150s}
+TIME=${DEMO_TIME:-120s}
+BOT_TIME=${DEMO_BOT_TIME:-100s}
 MODEL=${DEMO_MODEL:-micro-5m}
 SHOP=examples/shop
-PROMPTS=(
-  "Question: What time do you open on Saturdays?
-Answer:"
-  "Question: How long do I have to return something?
-Answer:"
-  "Question: Is shipping free?
-Answer:"
-  "Question: My Tidewater kettle won't turn on. What should I do?
-Answer:"
-)
+# three questions from the held-out set: worded differently from every training question
+QUESTIONS=$'When do you shut on Saturday evenings?\n/reset\nHow many days do I get to bring something back?\n/reset\nAt what order value does delivery become free?\n'
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 t0=$(date +%s)
 
-step "1/6 prepare: clean, de-duplicate, train a tokenizer, write token shards"
+step "1/7 prepare: clean, de-duplicate, train a tokenizer, write token shards"
 pocketlm prepare "$SHOP/handbook.md" "$SHOP/faq.jsonl" --out "$OUT/data" --vocab-size 2048 \
   --template $'Question: {question}\nAnswer: {answer}'
 
-step "2/6 pretrain: $MODEL from scratch for $TIME"
-rm -rf "$OUT/run"
+step "2/7 pretrain: $MODEL from scratch for $TIME"
+rm -rf "$OUT/run" "$OUT/bot"
 pocketlm pretrain --data "$OUT/data" --model "$MODEL" --out "$OUT/run" --max-time "$TIME" \
   --context 256 --batch-size 16 --lr 2e-3 --warmup-steps 50 --eval-interval 100
 
-step "3/6 eval: loss, perplexity, bits per byte, size and speed on the validation split"
+step "3/7 eval: loss, perplexity, bits per byte, size and speed on the validation split"
 pocketlm eval "$OUT/run" --data "$OUT/data"
 
-step "4/6 generate with PyTorch (greedy)"
-args=()
-for p in "${PROMPTS[@]}"; do args+=(--prompt "$p"); done
-pocketlm generate "$OUT/run" "${args[@]}" --temperature 0 --max-new-tokens 48 --stop $'\nQuestion:'
+step "4/7 fine-tune it into a support bot (chat form, answers only) for $BOT_TIME"
+pocketlm finetune --base "$OUT/run" --data "$SHOP/faq.jsonl" --out "$OUT/bot" \
+  --prompt-field question --completion-field answer --augment 4 --no-keep-best \
+  --max-time "$BOT_TIME" --lr 1e-3 --context 256 --batch-size 16 --val-fraction 0.05 --eval-interval 50
 
-step "5/6 export to GGUF for llama.cpp and Ollama"
-pocketlm export "$OUT/run" --quant q8_0 --out "$OUT/shop-q8_0.gguf"
+step "5/7 score the bot on 116 paraphrased questions it never saw"
+pocketlm eval "$OUT/bot" --task facts --data "$SHOP/faq_heldout.jsonl" \
+  --prompt-field question --completion-field answer --max-new-tokens 64
 
-step "6/6 the same prompts through llama.cpp"
-pocketlm generate "$OUT/shop-q8_0.gguf" "${args[@]}" --temperature 0 --max-new-tokens 48 --stop $'\nQuestion:'
+step "6/7 export the bot to GGUF for llama.cpp and Ollama"
+pocketlm export "$OUT/bot" --quant q8_0 --out "$OUT/shop-bot-q8_0.gguf"
+
+step "7/7 chat with the bot through llama.cpp"
+printf '%s' "$QUESTIONS" | pocketlm chat "$OUT/shop-bot-q8_0.gguf" --temperature 0 --max-new-tokens 64 2>/dev/null
 
 step "done in $(( $(date +%s) - t0 )) s"
 cat <<MSG
-data:        $OUT/data            (meta.json, stats.json, tokenizer/, train.bin, val.bin)
-model:       $OUT/run/model       (a Hugging Face directory: transformers loads it as is)
-loss curve:  $OUT/run/loss.png
-metrics:     $OUT/run/metrics.jsonl
-GGUF:        $OUT/shop-q8_0.gguf  (llama.cpp, Ollama)
-try it:      .venv/bin/pocketlm generate $OUT/run --temperature 0 --prompt \$'Question: Do you price match?\\nAnswer:'
+data:        $OUT/data                (meta.json, stats.json, tokenizer/, train.bin, val.bin)
+base model:  $OUT/run/model           (a Hugging Face directory: transformers loads it as is)
+bot:         $OUT/bot/model           (loss curves: $OUT/bot/loss.png)
+GGUF:        $OUT/shop-bot-q8_0.gguf  (llama.cpp, Ollama)
+try it:      .venv/bin/pocketlm chat $OUT/bot
+better bot:  .venv/bin/pocketlm run recipes/shop-faq.yaml   (longer training, ~8 minutes)
 MSG

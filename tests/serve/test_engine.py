@@ -85,6 +85,7 @@ def test_cli_chat_and_generate(tiny_run):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("model> ") == 2 and "conversation cleared" in out.stderr
+    assert "you> When do you open?\n" in out.stdout  # piped input is echoed into the transcript
     gen = subprocess.run([sys.executable, "-m", "pocketlm", "generate", str(tiny_run), "--prompt", "Returns",
                           "--temperature", "0", "--max-new-tokens", "12"], capture_output=True, text=True, timeout=120)
     assert gen.returncode == 0 and gen.stdout.startswith("Returns") and len(gen.stdout) > 15

@@ -49,6 +49,8 @@ def repl(fit, respond, context: int, system: str | None = None) -> None:
         except (EOFError, KeyboardInterrupt):
             print(file=sys.stderr)
             return
+        if not sys.stdin.isatty():  # piped in: show what was asked, so the transcript reads as a conversation
+            print(user)
         if user.strip() in ("/exit", "/quit"):
             return
         if user.strip() == "/reset":
