@@ -60,3 +60,35 @@ def test_json_constraint_always_gives_valid_json(tiny_run):
                                 stops, constraint=JSONConstraint(tok, stops[-1])))
         text = JSONConstraint.finish(tok.decode(out, skip_special_tokens=True))
         assert isinstance(json.loads(text), dict)
+
+
+@pytest.mark.parametrize("text, ok", [
+    ('{"intent": "PlayMusic", "slots": {"genre": "ja', True),
+    ('{"intent": "PlayMusic", "slots": {"genre": "jazz", "artist": "Miles Davis"}}', True),
+    ('{"intent": "PlayMusic", "slots": {"genre": "rock', False),  # not in the request
+    ('{"intent": "PlayMusic", "slots": {"genre": ""', False),  # an empty slot value
+    ('{"intent": "NotInTheRequest", "slots": {"music_item": "jazz"', True),  # top-level values are free
+    ('{"intent": "PlayMusic", "slots": {"jazzy_key_names_are_free": "by', True),
+])
+def test_nested_strings_copied(text, ok):
+    from pocketlm.serve.constrained import nested_strings_copied
+    assert nested_strings_copied(text, "play jazz by Miles Davis") is ok
+
+
+def test_copy_constraint_slot_values_are_spans_of_the_request(tiny_run):
+    model, tok = load_model(tiny_run)
+    stops = stop_token_ids(tok)
+    request = "bring the Tidewater kettle back to the Wrenfield store on Monday"
+    prompt = f"Question: {request}\nAnswer:"
+    prefix = tok.encode('{"intent": "Return", "slots": {"item": "', add_special_tokens=False)
+    constraint = JSONConstraint(tok, stops[-1], copy_from=request)
+
+    class Forced:  # start the object ourselves, then let the model fill the slot under the constraint
+        def choose(self, logits, generated):
+            return prefix[len(generated)] if len(generated) < len(prefix) else constraint.choose(logits, generated)
+
+    out = list(generate_ids(model, tok.encode(prompt), SamplingConfig(max_new_tokens=60, temperature=0), stops,
+                            constraint=Forced()))
+    text = JSONConstraint.finish(tok.decode(out, skip_special_tokens=True))
+    slots = json.loads(text)["slots"]
+    assert slots and all(isinstance(v, str) and v and v in request for v in slots.values()), text

@@ -40,6 +40,8 @@ class TaskOptions:
     labels: list[str] | None = field(None, "classification: the label set, or a .json/.txt file of labels "
                                      "(default: the labels seen in --data)")
     constrain: bool = field(True, "constrain decoding to the label set (classification) or valid JSON (commands)")
+    copy_slots: bool = field(False, "commands: slot values (strings inside nested objects) must be spans of the "
+                                    "request, as in SNIPS; the model picks spans instead of spelling values")
     limit: int | None = field(None, "score only the first N examples")
     max_new_tokens: int = field(128, "most tokens to generate per answer")
     worst: int = field(10, "how many of the worst examples to list")
@@ -90,6 +92,8 @@ def evaluate_task(model, tokenizer, model_path: str, data: list[str] | str, opts
     inputs, preds, n_tokens = [], [], 0
     t0 = time.perf_counter()
     for _, messages, _ in tqdm(examples, desc=f"{task}", disable=not progress, file=sys.stderr, leave=False):
+        if opts.constrain and task == "commands" and opts.copy_slots:
+            constraint = JSONConstraint(tokenizer, stop_id, copy_from=messages[-2]["content"])
         prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
         ids = tokenizer.encode(prompt, add_special_tokens=False)
         out = list(generate_ids(model, ids, cfg, stops, constraint=constraint))

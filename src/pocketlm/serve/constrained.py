@@ -146,23 +146,69 @@ def close_json(text: str) -> str:
     return "{}"
 
 
-class JSONConstraint:
-    """The output is one valid JSON object; decoding stops when it closes."""
+def nested_strings_copied(text: str, source: str) -> bool:
+    """True when every string value inside a nested object of the (partial) JSON `text` — the slot values
+    of {"intent": ..., "slots": {...}} — is a non-empty span of `source` (an open one: a span so far)."""
+    depth, in_string, is_key, escape = 0, False, False, False
+    expect_key, buf = False, []
+    for c in text:
+        if in_string:
+            if escape:
+                escape = False
+                buf.append(c)
+            elif c == "\\":
+                escape = True
+            elif c == '"':
+                in_string = False
+                if not is_key and depth >= 2 and (not buf or "".join(buf) not in source):
+                    return False
+            else:
+                buf.append(c)
+            continue
+        if c == '"':
+            in_string, is_key, buf = True, expect_key, []
+        elif c == "{":
+            depth, expect_key = depth + 1, True
+        elif c == "}":
+            depth -= 1
+        elif c == ":":
+            expect_key = False
+        elif c == ",":
+            expect_key = True
+    if in_string and not is_key and depth >= 2:
+        return "".join(buf) in source
+    return True
 
-    def __init__(self, tokenizer, stop_id: int, candidates: int = 64):
+
+class JSONConstraint:
+    """The output is one valid JSON object; decoding stops when it closes.
+
+    With `copy_from` (the user's request), string values inside nested objects — slot values — must
+    be spans of it, as in SNIPS-style slot filling: the model picks where a slot starts and ends
+    instead of spelling the value from memory."""
+
+    def __init__(self, tokenizer, stop_id: int, candidates: int = 64, copy_from: str | None = None):
         self.tokenizer = tokenizer
         self.stop_id = stop_id
         self.candidates = candidates
+        self.copy_from = copy_from
+
+    def _ok(self, text: str) -> bool:
+        if json_prefix_state(text) == "invalid":
+            return False
+        return self.copy_from is None or nested_strings_copied(text, self.copy_from)
 
     def choose(self, logits: torch.Tensor, generated: list[int]) -> int:
         if generated and json_prefix_state(self.tokenizer.decode(generated)) == "complete":
             return self.stop_id
-        for t in torch.topk(logits[0], min(self.candidates, logits.size(-1))).indices.tolist():
-            if t == self.stop_id:
-                continue
-            state = json_prefix_state(self.tokenizer.decode(generated + [t]))
-            if state != "invalid":
+        top = torch.topk(logits[0], min(self.candidates, logits.size(-1))).indices.tolist()
+        for t in top:
+            if t != self.stop_id and self._ok(self.tokenizer.decode(generated + [t])):
                 return t
+        if self.copy_from is not None:  # the span's next piece may be an unlikely token: look further
+            for t in torch.argsort(logits[0], descending=True)[len(top):].tolist():
+                if t != self.stop_id and self._ok(self.tokenizer.decode(generated + [t])):
+                    return t
         return self.stop_id  # nothing fits: stop; the caller closes the object
 
     @staticmethod
