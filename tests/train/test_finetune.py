@@ -173,3 +173,20 @@ def test_gguf_base_is_converted_once(tmp_path):
                                             {"role": "assistant", "content": "Hello!"}])
     trained = tok.decode([t for t in labels if t != IGNORE])
     assert trained.startswith("Hello!") and "<|im_end|>" in trained
+
+
+def test_labelled_positions_loss_equals_full_loss(tiny_run):
+    from pocketlm.train.finetune import add_lora
+    from pocketlm.train.objectives import labelled_lm_loss, lm_loss
+    model, tok = load_model(tiny_run)
+    convs = load_conversations([SHOP / "faq.jsonl"], QA)[:24]
+    rows = pack([encode_conversation(tok, m) for _, m in convs], 192, tok.pad_token_id)
+    batch = {k: torch.tensor([r[k] for r in rows[:4]]) for k in rows[0]}
+    for lora in (False, True):
+        m = add_lora(model, FinetuneConfig(base="-", data=["-"], out="-", lora_rank=4)) if lora else model
+        full, n_full = lm_loss(m, batch)
+        part, n_part = labelled_lm_loss(m, batch)
+        assert n_full == n_part > 0
+        assert torch.allclose(full, part, atol=1e-5), (full, part)
+        part.backward()  # gradients flow through the selected positions
+        assert any(p.grad is not None for p in m.parameters() if p.requires_grad)

@@ -30,7 +30,7 @@ from pocketlm.fsutil import atomic_write_json
 from pocketlm.model.io import FINAL_MODEL, resolve_model_dir, save_model
 from pocketlm.train.checkpoint import find_checkpoint
 from pocketlm.train.loop import BEST_INFO, METRICS, LoopConfig, Task, train
-from pocketlm.train.objectives import lm_loss, mean_loss
+from pocketlm.train.objectives import labelled_lm_loss, mean_loss
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -202,9 +202,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
         cfg = dataclasses.replace(cfg, max_steps=max(1, steps))
 
     def evaluate(model) -> dict:
-        return {"val_loss": mean_loss(model, val_batches.all(cfg.batch_size))}
+        return {"val_loss": mean_loss(model, val_batches.all(cfg.batch_size), labelled_lm_loss)}
 
-    task = Task(batch=batches.batch, loss=lm_loss, evaluate=evaluate)
+    task = Task(batch=batches.batch, loss=labelled_lm_loss, evaluate=evaluate)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"fine-tuning {'LoRA ' if cfg.lora else ''}{trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters on "

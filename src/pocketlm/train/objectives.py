@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# architectures whose logits are exactly lm_head(decoder output): no scaling or soft-capping after the head
+PLAIN_HEAD_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
+
 
 def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Next-token cross-entropy; labels are already shifted, -100 marks positions without a target."""
@@ -15,11 +18,41 @@ def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     return loss, int((labels != -100).sum())
 
 
-def mean_loss(model, batches) -> float:
-    """Token-weighted mean `lm_loss` over `batches` (for validation)."""
+def _decoder_and_head(model):
+    if hasattr(model, "_orig_mod"):  # torch.compile'd: keep the compiled forward
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's own model
+    if getattr(base.config, "model_type", None) not in PLAIN_HEAD_TYPES:
+        return None
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    if decoder is None or decoder is base or head is None:
+        return None
+    return decoder, head
+
+
+def labelled_lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """`lm_loss` computing logits only at labelled positions.
+
+    In fine-tuning only assistant tokens carry labels; the vocabulary projection of every other
+    position (49,152-wide for SmolLM2) is wasted work and memory. Same loss as `lm_loss` (tested);
+    models whose logits are not a plain projection of the decoder output use `lm_loss`."""
+    parts = _decoder_and_head(model)
+    if parts is None:
+        return lm_loss(model, batch)
+    decoder, head = parts
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                     position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
+    labels = batch["labels"]
+    keep = labels != -100
+    logits = head(hidden[keep])
+    return F.cross_entropy(logits.float(), labels[keep]), int(keep.sum())
+
+
+def mean_loss(model, batches, loss=lm_loss) -> float:
+    """Token-weighted mean `loss` over `batches` (for validation)."""
     total, count = 0.0, 0
     for batch in batches:
-        loss, n = lm_loss(model, batch)
-        total += float(loss) * n
+        value, n = loss(model, batch)
+        total += float(value) * n
         count += n
     return total / max(count, 1)
