@@ -69,6 +69,9 @@ def test_json_constraint_always_gives_valid_json(tiny_run):
     ('{"intent": "PlayMusic", "slots": {"genre": ""', False),  # an empty slot value
     ('{"intent": "NotInTheRequest", "slots": {"music_item": "jazz"', True),  # top-level values are free
     ('{"intent": "PlayMusic", "slots": {"jazzy_key_names_are_free": "by', True),
+    ('{"intent": "RateBook", "slots": {"rating_value": 4', False),  # slot values are strings
+    ('{"intent": "RateBook", "slots": {"x": {', False),
+    ('{"intent": "RateBook", "slots": {"x": "Davis", "y":  "Miles"}}', True),
 ])
 def test_nested_strings_copied(text, ok):
     from pocketlm.serve.constrained import nested_strings_copied

@@ -147,10 +147,11 @@ def close_json(text: str) -> str:
 
 
 def nested_strings_copied(text: str, source: str) -> bool:
-    """True when every string value inside a nested object of the (partial) JSON `text` — the slot values
-    of {"intent": ..., "slots": {...}} — is a non-empty span of `source` (an open one: a span so far)."""
+    """True when every value inside a nested object of the (partial) JSON `text` — the slot values of
+    {"intent": ..., "slots": {...}} — is a string and a non-empty span of `source` (an open one: a span
+    so far)."""
     depth, in_string, is_key, escape = 0, False, False, False
-    expect_key, buf = False, []
+    expect_key, expect_value, buf = False, False, []
     for c in text:
         if in_string:
             if escape:
@@ -165,6 +166,12 @@ def nested_strings_copied(text: str, source: str) -> bool:
             else:
                 buf.append(c)
             continue
+        if c in " \t\n\r":
+            continue
+        if expect_value:
+            expect_value = False
+            if depth >= 2 and c != '"':
+                return False  # a slot value must be a string
         if c == '"':
             in_string, is_key, buf = True, expect_key, []
         elif c == "{":
@@ -172,7 +179,7 @@ def nested_strings_copied(text: str, source: str) -> bool:
         elif c == "}":
             depth -= 1
         elif c == ":":
-            expect_key = False
+            expect_key, expect_value = False, True
         elif c == ",":
             expect_key = True
     if in_string and not is_key and depth >= 2:
