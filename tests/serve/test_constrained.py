@@ -72,6 +72,11 @@ def test_json_constraint_always_gives_valid_json(tiny_run):
     ('{"intent": "RateBook", "slots": {"rating_value": 4', False),  # slot values are strings
     ('{"intent": "RateBook", "slots": {"x": {', False),
     ('{"intent": "RateBook", "slots": {"x": "Davis", "y":  "Miles"}}', True),
+    ('{"intent": "PlayMusic", "slots": {"artist": "Miles Da', True),  # open: the span goes on
+    ('{"intent": "PlayMusic", "slots": {"artist": "Miles Da"}', False),  # closed mid-word
+    ('{"intent": "PlayMusic", "slots": {"artist": "iles', False),  # starts mid-word
+    ('{"intent": "PlayMusic", "slots": {"genre": "jazz", "genre": "', False),  # the same slot twice
+    ('{"intent": "PlayMusic", "slots": {"genre": "jazz"}, "genre": "x"}', True),  # top-level keys are free
 ])
 def test_nested_strings_copied(text, ok):
     from pocketlm.serve.constrained import nested_strings_copied

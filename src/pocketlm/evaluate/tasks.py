@@ -40,8 +40,9 @@ class TaskOptions:
     labels: list[str] | None = field(None, "classification: the label set, or a .json/.txt file of labels "
                                      "(default: the labels seen in --data)")
     constrain: bool = field(True, "constrain decoding to the label set (classification) or valid JSON (commands)")
-    copy_slots: bool = field(False, "commands: slot values (strings inside nested objects) must be spans of the "
-                                    "request, as in SNIPS; the model picks spans instead of spelling values")
+    copy_slots: bool = field(False, "commands: slot values (strings inside nested objects) must be whole-word "
+                                    "spans of the request, each slot once, as in SNIPS; the model picks spans "
+                                    "instead of spelling values")
     limit: int | None = field(None, "score only the first N examples")
     max_new_tokens: int = field(128, "most tokens to generate per answer")
     worst: int = field(10, "how many of the worst examples to list")

@@ -146,23 +146,49 @@ def close_json(text: str) -> str:
     return "{}"
 
 
+def _word_span(value: str, source: str, closed: bool) -> bool:
+    """`value` occurs in `source` starting at the start of a word and, when `closed`, ending at the end
+    of one: "Sebastian Karlsson" and "Sebastian" are spans of "the best Sebastian Karlsson melody",
+    "Sebastian Ka" and "an Karlsson" are not."""
+    if not value:
+        return not closed
+    start = source.find(value)
+    while start != -1:
+        end = start + len(value)
+        if ((start == 0 or not source[start - 1].isalnum() or not value[0].isalnum())
+                and (not closed or end == len(source) or not source[end].isalnum() or not value[-1].isalnum())):
+            return True
+        start = source.find(value, start + 1)
+    return False
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+
+
 def nested_strings_copied(text: str, source: str) -> bool:
     """True when every value inside a nested object of the (partial) JSON `text` — the slot values of
-    {"intent": ..., "slots": {...}} — is a string and a non-empty span of `source` (an open one: a span
-    so far)."""
+    {"intent": ..., "slots": {...}} — is a string made of whole words of `source` (an open value: the
+    start of such a span), and no key repeats within that object."""
     depth, in_string, is_key, escape = 0, False, False, False
     expect_key, expect_value, buf = False, False, []
+    keys: list[set[str]] = []
     for c in text:
         if in_string:
             if escape:
                 escape = False
-                buf.append(c)
+                buf.append(_ESCAPES.get(c, c))
             elif c == "\\":
                 escape = True
             elif c == '"':
                 in_string = False
-                if not is_key and depth >= 2 and (not buf or "".join(buf) not in source):
-                    return False
+                value = "".join(buf)
+                if depth >= 2:
+                    if is_key:
+                        if value in keys[-1]:
+                            return False  # the same slot twice
+                        keys[-1].add(value)
+                    elif not _word_span(value, source, closed=True):
+                        return False
             else:
                 buf.append(c)
             continue
@@ -176,14 +202,19 @@ def nested_strings_copied(text: str, source: str) -> bool:
             in_string, is_key, buf = True, expect_key, []
         elif c == "{":
             depth, expect_key = depth + 1, True
+            keys.append(set())
         elif c == "}":
             depth -= 1
+            if keys:
+                keys.pop()
         elif c == ":":
             expect_key, expect_value = False, True
         elif c == ",":
             expect_key = True
-    if in_string and not is_key and depth >= 2:
-        return "".join(buf) in source
+    if in_string and depth >= 2 and not is_key:
+        if escape and not any(ch in source for ch in '"\\/'):
+            return False  # an escape would spell a character the request does not have
+        return _word_span("".join(buf), source, closed=False)
     return True
 
 
