@@ -108,7 +108,8 @@ def run_step(verb: str, options: dict, where: str) -> str:
         if (Path(options["out"]) / "test.jsonl").exists():
             return "already done"
         counts = split_file(options["input"], options["out"], options.get("test_fraction", 0.1),
-                            options.get("seed", 0), options.get("limit"), options.get("columns"))
+                            options.get("seed", 0), options.get("limit"), options.get("columns"),
+                            options.get("group_by"))
         return f"{counts['train']} train / {counts['test']} test examples"
     if verb == "snips":
         from pocketlm.data.tasks import snips_commands

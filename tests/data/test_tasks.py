@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pocketlm.data.tasks import snips_commands
+from pocketlm.data.tasks import snips_commands, split_file
 from pocketlm.errors import UserError
 
 
@@ -45,3 +45,34 @@ def test_snips_file_that_is_not_utf8_is_named(tmp_path):
     (src / "train_GetWeather_full.json").write_bytes(b'{"GetWeather": [{"data": [{"text": "caf\xe9"}]}]}')
     with pytest.raises(UserError, match="train_GetWeather_full.json: not valid UTF-8 at byte"):
         snips_commands(tmp_path / "snips", tmp_path / "out")
+
+
+def _pairs(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    lines = ["en\tde"] + [f"sentence {i // 3}\tSatz {i // 3} Fassung {i % 3}" for i in range(60)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _read(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_split_group_by_keeps_every_translation_of_a_sentence_on_one_side(tmp_path):
+    counts = split_file(_pairs(tmp_path), tmp_path / "out", test_fraction=0.2, seed=1, group_by="en")
+    train, test = _read(tmp_path / "out/train.jsonl"), _read(tmp_path / "out/test.jsonl")
+    assert counts == {"train": len(train), "test": len(test)} and len(train) + len(test) == 60
+    assert 12 <= len(test) <= 14  # whole groups of 3 up to the asked fraction
+    assert not {r["en"] for r in train} & {r["en"] for r in test}
+    assert all(sum(r["en"] == e for r in test) == 3 for e in {r["en"] for r in test})
+
+
+def test_split_without_group_by_mixes_translations(tmp_path):
+    split_file(_pairs(tmp_path), tmp_path / "out", test_fraction=0.2, seed=1)
+    train, test = _read(tmp_path / "out/train.jsonl"), _read(tmp_path / "out/test.jsonl")
+    assert len(test) == 12 and {r["en"] for r in train} & {r["en"] for r in test}
+
+
+def test_split_group_by_unknown_field_is_named(tmp_path):
+    with pytest.raises(UserError, match="group_by field 'english' missing"):
+        split_file(_pairs(tmp_path), tmp_path / "out", group_by="english")

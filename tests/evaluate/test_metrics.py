@@ -114,6 +114,22 @@ def test_chrf_bleu_sanity():
     assert bleu([far], [REF]) < bleu([near], [REF]) < 100
 
 
+def test_chrf_bleu_with_several_references():
+    from pocketlm.evaluate.metrics import sentence_chrf
+    # "Go away." has several accepted translations: matching any one of them is a perfect score
+    assert chrf(["Geh weg!"], [["Hau ab!", "Geh weg!"]]) == approx(100.0)
+    assert bleu([REF], [["a dog", REF]]) == approx(100.0)
+    assert sentence_chrf("Geh weg!", ["Hau ab!", "Geh weg!"]) == approx(100.0)
+    # per sentence the best-matching reference counts
+    near = "the quick brown fox jumped over the lazy dog"
+    assert sentence_chrf(near, ["xyz", REF]) == approx(sentence_chrf(near, REF))
+    # one reference in a list is the same as the bare string; examples may have different numbers of them
+    assert chrf([near], [[REF]]) == approx(chrf([near], [REF]))
+    assert chrf([near, "Hau ab!"], [REF, ["Geh weg!", "Hau ab!"]]) > chrf([near, "Hau ab!"], [REF, "Geh weg!"])
+    with pytest.raises(UserError, match="empty list of references"):
+        chrf([near], [[]])
+
+
 # ----------------------------------------------------------------------------- classification
 
 # refs  a a a b b c

@@ -56,3 +56,17 @@ def test_facts_task_needs_the_key_field(faq_bot):
         evaluate_task(model, tok, str(faq_bot), str(SHOP / "faq.jsonl"),
                       TaskOptions(task="facts", prompt_field="question", completion_field="answer", limit=2),
                       progress=False)
+
+
+def test_translation_scores_each_source_once_against_all_its_translations(faq_bot, tmp_path):
+    data = tmp_path / "pairs.tsv"
+    data.write_text("en\tde\nGo away.\tHau ab!\nGo away.\tGeh weg!\nThank you.\tDanke.\nGo away.\tTroll dich!\n")
+    model, tok = load_model(faq_bot)
+    opts = TaskOptions(task="translation", prompt_template="Translate to German: {en}", completion_template="{de}",
+                       max_new_tokens=8, worst=5)
+    r = evaluate_task(model, tok, str(faq_bot), str(data), opts, progress=False)
+    assert r["examples_scored"] == 2
+    by_input = {w["input"]: w["expected"] for w in r["worst"]}
+    assert by_input == {"Translate to German: Go away.": ["Hau ab!", "Geh weg!", "Troll dich!"],
+                        "Translate to German: Thank you.": "Danke."}
+    assert set(r["metrics"]) == {"chrf", "bleu"}

@@ -15,8 +15,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def split_file(path: str | Path, out_dir: str | Path, test_fraction: float = 0.1, seed: int = 0,
-               limit: int | None = None, columns: list[str] | None = None) -> dict:
-    """Shuffle the records of a .jsonl/.json/.csv/.tsv file and write out_dir/train.jsonl and test.jsonl."""
+               limit: int | None = None, columns: list[str] | None = None, group_by: str | None = None) -> dict:
+    """Shuffle the records of a .jsonl/.json/.csv/.tsv file and write out_dir/train.jsonl and test.jsonl.
+
+    With `group_by` (a field), records that share its value land on the same side — every translation
+    of one English sentence, every phrasing of one question — so the test set is never seen in training
+    under another answer."""
     from pocketlm.data.sft import iter_records, iter_table
     path, out_dir = Path(path), Path(out_dir)
     if path.suffix.lower() in (".csv", ".tsv"):
@@ -29,9 +33,23 @@ def split_file(path: str | Path, out_dir: str | Path, test_fraction: float = 0.1
     if limit:
         rows = rows[:limit]
     n_test = max(1, int(round(len(rows) * test_fraction)))
-    _write_jsonl(out_dir / "test.jsonl", rows[:n_test])
-    _write_jsonl(out_dir / "train.jsonl", rows[n_test:])
-    return {"train": len(rows) - n_test, "test": n_test}
+    if group_by is None:
+        test, train = rows[:n_test], rows[n_test:]
+    else:
+        missing = next((i for i, r in enumerate(rows) if group_by not in r), None)
+        if missing is not None:
+            raise UserError(f"{path}: group_by field {group_by!r} missing (fields: {', '.join(rows[missing])})")
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(str(r[group_by]), []).append(r)
+        test, train = [], []
+        for members in groups.values():  # in shuffled order of first appearance
+            (test if len(test) < n_test else train).extend(members)
+        if not train:
+            raise UserError(f"{path}: only one {group_by!r} group; nothing left to train on")
+    _write_jsonl(out_dir / "test.jsonl", test)
+    _write_jsonl(out_dir / "train.jsonl", train)
+    return {"train": len(train), "test": len(test)}
 
 
 def _read_json(path: Path):

@@ -150,26 +150,37 @@ def _sacrebleu():
     return sacrebleu
 
 
-def chrf(preds: Sequence[str], refs: Sequence[str]) -> float:
-    """Corpus chrF (sacrebleu defaults: character 6-grams, beta = 2), one reference each. Range 0-100."""
+def _ref_streams(refs: Sequence[Any]) -> list[list[str | None]]:
+    """sacrebleu's reference streams from one reference or a list of references per example
+    (examples with fewer references get None, which sacrebleu skips)."""
+    lists = [[r] if isinstance(r, str) else list(r) for r in refs]
+    if any(not x for x in lists):
+        raise UserError("an example has an empty list of references")
+    n = max(len(x) for x in lists)
+    return [[x[i] if i < len(x) else None for x in lists] for i in range(n)]
+
+
+def chrf(preds: Sequence[str], refs: Sequence[str | Sequence[str]]) -> float:
+    """Corpus chrF (sacrebleu defaults: character 6-grams, beta = 2). A reference may be a list of
+    acceptable translations (the best-matching one counts per n-gram order, as in sacrebleu). Range 0-100."""
     _check_pair(preds, refs)
-    return float(_sacrebleu().corpus_chrf(list(preds), [list(refs)]).score)
+    return float(_sacrebleu().corpus_chrf(list(preds), _ref_streams(refs)).score)
 
 
-def bleu(preds: Sequence[str], refs: Sequence[str], tokenize: str = "13a") -> float:
-    """Corpus BLEU (sacrebleu, up to 4-grams, brevity penalty), one reference each. Range 0-100.
+def bleu(preds: Sequence[str], refs: Sequence[str | Sequence[str]], tokenize: str = "13a") -> float:
+    """Corpus BLEU (sacrebleu, up to 4-grams, brevity penalty); a reference may be a list. Range 0-100.
 
     ``tokenize`` is sacrebleu's tokenizer name: "13a" (default) for space-separated languages,
     "zh", "ja-mecab", "ko-mecab", "flores200" ... for others. A corpus with no 4-gram match
     (e.g. sentences shorter than four tokens) scores 0.
     """
     _check_pair(preds, refs)
-    return float(_sacrebleu().corpus_bleu(list(preds), [list(refs)], tokenize=tokenize).score)
+    return float(_sacrebleu().corpus_bleu(list(preds), _ref_streams(refs), tokenize=tokenize).score)
 
 
-def sentence_chrf(pred: str, ref: str) -> float:
-    """chrF of one sentence against one reference (sacrebleu.sentence_chrf). Range 0-100."""
-    return float(_sacrebleu().sentence_chrf(pred, [ref]).score)
+def sentence_chrf(pred: str, ref: str | Sequence[str]) -> float:
+    """chrF of one sentence against one reference or a list of them (sacrebleu.sentence_chrf). Range 0-100."""
+    return float(_sacrebleu().sentence_chrf(pred, [ref] if isinstance(ref, str) else list(ref)).score)
 
 
 # --------------------------------------------------------------------------- classification

@@ -65,6 +65,24 @@ def _read_labels(spec: list[str] | None, refs: list[str]) -> list[str]:
     return list(spec)
 
 
+def _group_references(examples: list) -> tuple[list, list]:
+    """Examples whose prompts are identical become one, with the list of their answers as references
+    (a reference stays a plain string when there is only one)."""
+    firsts: dict[str, int] = {}
+    kept, refs = [], []
+    for ex in examples:
+        messages = ex[1]
+        key = json.dumps(messages[:-1], ensure_ascii=False)
+        if key in firsts:
+            i = firsts[key]
+            refs[i] = (refs[i] if isinstance(refs[i], list) else [refs[i]]) + [messages[-1]["content"]]
+        else:
+            firsts[key] = len(kept)
+            kept.append(ex)
+            refs.append(messages[-1]["content"])
+    return kept, refs
+
+
 def evaluate_task(model, tokenizer, model_path: str, data: list[str] | str, opts: TaskOptions,
                   progress: bool = True) -> dict:
     task = opts.task
@@ -75,8 +93,13 @@ def evaluate_task(model, tokenizer, model_path: str, data: list[str] | str, opts
     paths = [data] if isinstance(data, str) else list(data)
     fmt = SftFormat(opts.prompt_field, opts.completion_field, opts.prompt_template, opts.completion_template,
                     opts.system, opts.columns)
-    examples = load_examples(paths, fmt)[: opts.limit or None]
-    refs = [messages[-1]["content"] for _, messages, _ in examples]
+    examples = load_examples(paths, fmt)
+    if task == "translation":  # one source sentence, several accepted translations: score it once against all
+        examples, refs = _group_references(examples)
+        examples, refs = examples[: opts.limit or None], refs[: opts.limit or None]
+    else:
+        examples = examples[: opts.limit or None]
+        refs = [messages[-1]["content"] for _, messages, _ in examples]
     if task == "facts":
         missing = [w for w, _, rec in examples if not isinstance(rec, dict) or opts.key_field not in rec]
         if missing:
