@@ -48,3 +48,18 @@ def test_specials_are_single_tokens_and_chat_template_is_saved(tokenizers):
         assert len(reloaded.encode(special, add_special_tokens=False)) == 1
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     assert reloaded.apply_chat_template(messages, tokenize=False) == tok.apply_chat_template(messages, tokenize=False)
+
+
+@pytest.mark.parametrize("unk", ["<unk>", None])
+def test_stop_tokens_are_eos_and_im_end_only_when_the_vocabulary_has_it(tokenizers, unk):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from pocketlm.data.tokenizer import IM_END, stop_token_ids
+    _, reloaded = tokenizers
+    assert stop_token_ids(reloaded) == [reloaded.eos_token_id, reloaded.convert_tokens_to_ids(IM_END)]
+    vocab = {"</s>": 0, "hello": 1, **({unk: 2} if unk else {})}
+    plain = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token=unk)),
+                                    eos_token="</s>", unk_token=unk)
+    assert stop_token_ids(plain) == [0]  # no <|im_end|>: not the unknown token's id either

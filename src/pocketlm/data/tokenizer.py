@@ -97,7 +97,11 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     ids = []
     if tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
-    im_end = tokenizer.convert_tokens_to_ids(IM_END) if IM_END in tokenizer.get_vocab() else None
+    # a direct lookup: get_vocab() builds the whole vocabulary dict (23 ms for SmolLM2's 49k tokens), and
+    # this runs once per training example
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    if isinstance(im_end, int) and tokenizer.convert_ids_to_tokens(im_end) != IM_END:
+        im_end = None  # not in the vocabulary: the lookup gave the unknown token
     if im_end is not None and im_end not in ids:
         ids.append(int(im_end))
     return ids
