@@ -336,8 +336,8 @@ decoding constrained to valid JSON), facts (share of answers containing the expe
              epilog="""examples:
   pocketlm run recipes/shop-faq.yaml
   pocketlm run support-bot --set out=runs/support --set steps=400
-recipes shipped in recipes/: shop-faq, support-bot, translate-en-de, summarize, assistant-commands(-scratch),
-intents-banking77(-scratch). A recipe run again skips finished steps and resumes interrupted training.""")
+recipes shipped in recipes/: shop-faq, support-bot, translate-en-de(-scratch), summarize,
+assistant-commands(-scratch), intents-banking77(-scratch). A recipe run again skips finished steps and resumes interrupted training.""")
     r.add_argument("recipe", help="a recipe YAML file, or the name of one in recipes/")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a recipe parameter (repeatable)")
     verb("compare", "Score several models on the same task, side by side.", cmd_compare, CompareOptions, TaskOptions)

@@ -229,6 +229,7 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
     bar.n = progress_of(step, tokens, elapsed) * 100
     last_val = None
     if step == 0:
+        bar.set_postfix_str("measuring the starting validation loss")  # minutes for a 135M model on CPU
         last_val = evaluate()
         log({"step": 0, "tokens": 0, "elapsed": 0.0, **last_val})
         keep_if_best(last_val)
