@@ -75,6 +75,8 @@ def test_json_constraint_always_gives_valid_json(tiny_run):
     ('{"intent": "PlayMusic", "slots": {"artist": "Miles Da', True),  # open: the span goes on
     ('{"intent": "PlayMusic", "slots": {"artist": "Miles Da"}', False),  # closed mid-word
     ('{"intent": "PlayMusic", "slots": {"artist": "iles', False),  # starts mid-word
+    ('{"intent": "PlayMusic", "slots": {"artist": " Miles', False),  # starts with a space
+    ('{"intent": "PlayMusic", "slots": {"artist": "Miles "', False),  # ends with one
     ('{"intent": "PlayMusic", "slots": {"genre": "jazz", "genre": "', False),  # the same slot twice
     ('{"intent": "PlayMusic", "slots": {"genre": "jazz"}, "genre": "x"}', True),  # top-level keys are free
 ])

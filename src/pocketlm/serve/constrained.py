@@ -152,6 +152,8 @@ def _word_span(value: str, source: str, closed: bool) -> bool:
     "Sebastian Ka" and "an Karlsson" are not."""
     if not value:
         return not closed
+    if value[0].isspace() or (closed and value[-1].isspace()):
+        return False  # " Psychedelic Rock" is not a slot value
     start = source.find(value)
     while start != -1:
         end = start + len(value)

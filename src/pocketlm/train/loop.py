@@ -231,6 +231,7 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
     if step == 0:
         bar.set_postfix_str("measuring the starting validation loss")  # minutes for a 135M model on CPU
         last_val = evaluate()
+        bar.set_postfix_str("training", refresh=False)
         log({"step": 0, "tokens": 0, "elapsed": 0.0, **last_val})
         keep_if_best(last_val)
     interval_loss = torch.tensor(carried.get("loss", 0.0), device=device)
