@@ -43,7 +43,7 @@ class TaskOptions:
     copy_slots: bool = field(False, "commands: slot values (strings inside nested objects) must be whole-word "
                                     "spans of the request, each slot once, as in SNIPS; the model picks spans "
                                     "instead of spelling values")
-    limit: int | None = field(None, "score only the first N examples")
+    limit: int | None = field(None, "score only the first N examples (translation: N source sentences)")
     max_new_tokens: int = field(128, "most tokens to generate per answer")
     worst: int = field(10, "how many of the worst examples to list")
     save: str | None = field(None, "write the results as JSON here (default: RUN/evals/TASK-DATA.json for a run)")
