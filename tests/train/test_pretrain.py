@@ -111,6 +111,25 @@ def test_ctrl_c_saves_and_resume_matches_uninterrupted_run(shop_data, tmp_path):
     assert curve(tmp_path / "straight") == curve(run)
 
 
+def test_residual_projections_start_small(shop_data, tmp_path):
+    # GPT-2 / nanoGPT initialisation: the layers that write into the residual stream start at 0.02/sqrt(2L)
+    tokenizer = load_tokenizer(shop_data / TOKENIZER_DIR)
+    model = build_model(PretrainConfig(data=str(shop_data), out=str(tmp_path / "r"), **{**COMMON, "model": "mini-12m"}),
+                        tokenizer)
+    want = 0.02 / (2 * model.config.num_hidden_layers) ** 0.5
+    for layer in model.model.layers:
+        for w in (layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight):
+            assert abs(float(w.std()) - want) < 0.1 * want
+        assert abs(float(layer.self_attn.q_proj.weight.std()) - 0.02) < 0.002  # the others keep transformers' 0.02
+
+
+def test_starting_validation_pass_can_be_skipped(shop_data, tmp_path):
+    pretrain(PretrainConfig(data=str(shop_data), out=str(tmp_path / "run"), max_steps=3, eval_at_start=False,
+                            **COMMON))
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_loss" in r] == [3]
+
+
 def test_time_and_token_budgets(shop_data, tmp_path):
     s = pretrain(PretrainConfig(data=str(shop_data), out=str(tmp_path / "tok"), max_tokens=4 * 64 * 7, **COMMON))
     assert s["step"] == 7

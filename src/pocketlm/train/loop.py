@@ -67,6 +67,8 @@ class LoopConfig:
                                  "seconds or 30s / 10m / 1.5h")
     eval_interval: int = field(200, "evaluate on the validation split every N steps (and at the end)")
     eval_batches: int = field(20, "validation batches per evaluation")
+    eval_at_start: bool = field(True, "measure the validation loss before the first step, where the loss curve "
+                                      "starts (off saves a validation pass: minutes for a 135M model on CPU)")
     log_interval: int = field(10, "write a metrics line every N steps")
     save_interval: int = field(500, "write a checkpoint every N steps (also at the end and on Ctrl-C)")
     seed: int = field(1337, "random seed (initialisation and data order)")
@@ -228,7 +230,7 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
                bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}{postfix}]", leave=True)
     bar.n = progress_of(step, tokens, elapsed) * 100
     last_val = None
-    if step == 0:
+    if step == 0 and cfg.eval_at_start:
         bar.set_postfix_str("measuring the starting validation loss")  # minutes for a 135M model on CPU
         last_val = evaluate()
         bar.set_postfix_str("training", refresh=False)

@@ -51,7 +51,20 @@ def build_model(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
                           bos_token_id=tokenizer.bos_token_id, eos_token_id=stops[0] if len(stops) == 1 else stops,
                           pad_token_id=tokenizer.pad_token_id)
     config._attn_implementation = "sdpa"
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    scale_residual_init(model)
+    return model
+
+
+def scale_residual_init(model) -> None:
+    """GPT-2's initialisation (as in nanoGPT): the two projections that write into the residual stream —
+    attention output and MLP down — start at std 0.02 / sqrt(2 x layers), so that the residual stream's
+    variance does not grow with depth at the start of training."""
+    std = model.config.initializer_range / math.sqrt(2 * model.config.num_hidden_layers)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.normal_(0.0, std)
+            layer.mlp.down_proj.weight.normal_(0.0, std)
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
