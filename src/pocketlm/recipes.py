@@ -116,7 +116,7 @@ def run_step(verb: str, options: dict, where: str) -> str:
         if (Path(options["out"]) / "test.jsonl").exists():
             return "already done"
         counts = snips_commands(options["input"], options["out"], options.get("test_fraction", 0.1),
-                                options.get("seed", 0))
+                                options.get("seed", 0), options.get("augment", 0))
         return f"{counts['train']} train / {counts['test']} test commands, {counts['intents']} intents"
     if verb == "prepare":
         from pocketlm.data.prepare import PrepareConfig, prepare, summary

@@ -76,3 +76,30 @@ def test_split_without_group_by_mixes_translations(tmp_path):
 def test_split_group_by_unknown_field_is_named(tmp_path):
     with pytest.raises(UserError, match="group_by field 'english' missing"):
         split_file(_pairs(tmp_path), tmp_path / "out", group_by="english")
+
+
+def test_snips_augment_swaps_slot_values_among_training_requests(tmp_path):
+    src = tmp_path / "snips"
+    artists = ["Miles Davis", "Nina Simone", "Chet Baker", "Bill Evans", "Ella Fitzgerald", "Art Blakey"]
+    _snips_file(src, "PlayMusic", [[{"text": "play "}, {"text": a, "entity": "artist"}, {"text": " now"}]
+                                   for a in artists])
+    _snips_file(src, "GetWeather", [[{"text": "weather in "}, {"text": "Oslo", "entity": "city"}]] * 2)
+    stats = snips_commands(src, tmp_path / "out", test_fraction=0.25, augment=3)
+    test = [json.loads(x) for x in (tmp_path / "out" / "test.jsonl").read_text().splitlines()]
+    train = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert stats["test"] == len(test) == 2 and stats["train"] == len(train) == 6 * 4
+    test_values = {v for r in test for v in json.loads(r["completion"])["slots"].values()}
+    train_values = set()
+    for r in train:
+        command = json.loads(r["completion"])
+        for name, value in command["slots"].items():
+            assert value in r["prompt"]  # the request and the command stay consistent
+            train_values.add(value)
+            # a value only moves within its own slot and intent: no city in a PlayMusic request
+            assert (command["intent"], name) in {("PlayMusic", "artist"), ("GetWeather", "city")}
+        if command["intent"] == "PlayMusic":
+            assert r["prompt"].startswith("play ") and r["prompt"].endswith(" now")
+    assert not (test_values - {"Oslo"}) & train_values  # held-out values never leak into training
+    schema = json.loads((tmp_path / "out" / "schema.json").read_text())
+    assert schema["intents"] == sorted({json.loads(r["completion"])["intent"] for r in train})
+    assert set(schema["slots"]) <= {"artist", "city"}

@@ -70,3 +70,21 @@ def test_translation_scores_each_source_once_against_all_its_translations(faq_bo
     assert by_input == {"Translate to German: Go away.": ["Hau ab!", "Geh weg!", "Troll dich!"],
                         "Translate to German: Thank you.": "Danke."}
     assert set(r["metrics"]) == {"chrf", "bleu"}
+
+
+def test_commands_take_a_schema_file(faq_bot, tmp_path):
+    data = tmp_path / "commands.jsonl"
+    command = {"intent": "PlayMusic", "slots": {"genre": "jazz", "artist": "Miles Davis"}}
+    data.write_text(json.dumps({"prompt": "play jazz by Miles Davis", "completion": json.dumps(command)}) + "\n")
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"intents": ["PlayMusic", "GetWeather"], "slots": ["genre", "artist"]}))
+    model, tok = load_model(faq_bot)
+    opts = TaskOptions(task="commands", schema=str(schema), copy_slots=True, max_new_tokens=48)
+    r = evaluate_task(model, tok, str(faq_bot), str(data), opts, progress=False)
+    assert isinstance(json.loads(r["examples"][0]["got"]), dict)  # one JSON object (what is in it: test_constrained)
+    schema.write_text(json.dumps({"intents": ["PlayMusic"]}))
+    with pytest.raises(UserError, match="'slots' is missing"):
+        evaluate_task(model, tok, str(faq_bot), str(data), opts, progress=False)
+    schema.write_text("{oops")
+    with pytest.raises(UserError, match="schema.json:1: not valid JSON"):
+        evaluate_task(model, tok, str(faq_bot), str(data), opts, progress=False)

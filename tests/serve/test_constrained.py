@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from pocketlm.data.tokenizer import stop_token_ids
 from pocketlm.model.io import load_model
-from pocketlm.serve.constrained import JSONConstraint, LabelConstraint, close_json, json_prefix_state
+from pocketlm.serve.constrained import (
+    JSONConstraint,
+    LabelConstraint,
+    close_json,
+    command_ok,
+    json_prefix_state,
+)
 from pocketlm.serve.engine import SamplingConfig, generate_ids
 
 
@@ -51,6 +57,27 @@ def test_label_constraint_only_emits_labels(tiny_run):
         assert tok.decode(out) in labels
 
 
+def test_label_scores_equal_full_sequence_log_probabilities(tiny_run):
+    import torch
+    model, tok = load_model(tiny_run)
+    labels = ["card_arrival", "lost_or_stolen_card", "refund_not_showing_up", "top_up_failed", "x"]
+    stop = stop_token_ids(tok)[-1]
+    constraint = LabelConstraint(tok, labels, stop)
+    prompt = tok.encode("Question: Where is my card?\nAnswer:")
+    for batch in (128, 2):  # one batch, and labels split over several
+        got = constraint.scores(model, prompt, batch=batch)
+        for label, seq, score in zip(labels, constraint.sequences, got, strict=True):
+            with torch.no_grad():  # the plain way: the whole sequence through the model, no cache
+                logp = model(input_ids=torch.tensor([prompt + seq])).logits[0].float().log_softmax(-1)
+            want = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(seq))
+            assert abs(float(score) - want) < 1e-4, label
+    for text in ["Question: Where is my card?\nAnswer:", "Returns", "The kettle", "é€ and so on"]:
+        ids = tok.encode(text)
+        best = labels[int(constraint.scores(model, ids).argmax())]
+        for chunk in (1, 2, 16):  # ranking with early stopping finds the same label as scoring them all
+            assert constraint.rank(model, ids, chunk=chunk) == best
+
+
 def test_json_constraint_always_gives_valid_json(tiny_run):
     model, tok = load_model(tiny_run)
     stops = stop_token_ids(tok)
@@ -79,10 +106,29 @@ def test_json_constraint_always_gives_valid_json(tiny_run):
     ('{"intent": "PlayMusic", "slots": {"artist": "Miles "', False),  # ends with one
     ('{"intent": "PlayMusic", "slots": {"genre": "jazz", "genre": "', False),  # the same slot twice
     ('{"intent": "PlayMusic", "slots": {"genre": "jazz"}, "genre": "x"}', True),  # top-level keys are free
+    ('{"intent": "PlayMusic", "slots": {"artist": "Miles Davis", "x": "Davis"', False),  # overlapping values
+    ('{"intent": "PlayMusic", "slots": {"artist": "Miles", "x": "Davis"}}', True),  # touching is fine
+    ('{"intent": "PlayMusic", "slots": {"artist": "Miles", "x": "Mi', False),  # "Miles" is taken
 ])
-def test_nested_strings_copied(text, ok):
-    from pocketlm.serve.constrained import nested_strings_copied
-    assert nested_strings_copied(text, "play jazz by Miles Davis") is ok
+def test_command_ok_copied_values(text, ok):
+    assert command_ok(text, "play jazz by Miles Davis") is ok
+
+
+@pytest.mark.parametrize("text, ok", [
+    ('{"intent": "Play', True),
+    ('{"intent": "PlayMusic", "slots": {"gen', True),
+    ('{"intent": "PlayMusic", "slots": {"genre": "jazz", "artist": "Miles Davis"}}', True),
+    ('{"intent": "PlayMusicNow', False),  # no intent starts so
+    ('{"intent": "Play"', False),  # a prefix of an intent, closed
+    ('{"intent": "PlayMusic", "slots": {"genre_name', False),
+    ('{"intent": "PlayMusic", "slots": {"gen": "jazz"', False),
+    ('{"intent": "PlayMusic", "slots": {"genre": "rock"}}', True),  # values are free without a request
+    ('{"intent": "GetWeather\\', False),  # an escape no intent needs
+    ('{"intent": "PlayMusic", "slots": {"genre\\', False),
+    ('{"intent": "PlayMusic", "slots": {"genre": "x\\', True),  # a free value may hold any character
+])
+def test_command_ok_schema(text, ok):
+    assert command_ok(text, intents=["PlayMusic", "GetWeather"], slot_names=["genre", "artist"]) is ok
 
 
 def test_copy_constraint_slot_values_are_spans_of_the_request(tiny_run):
@@ -102,3 +148,26 @@ def test_copy_constraint_slot_values_are_spans_of_the_request(tiny_run):
     text = JSONConstraint.finish(tok.decode(out, skip_special_tokens=True))
     slots = json.loads(text)["slots"]
     assert slots and all(isinstance(v, str) and v and v in request for v in slots.values()), text
+
+
+@pytest.mark.parametrize("start", ['{"intent": "', '{"intent": "PlayMusic", "slots": {"'])
+def test_schema_constraint_keeps_intent_and_slot_names_in_the_schema(tiny_run, start):
+    model, tok = load_model(tiny_run)  # a model that never saw a command: the constraint alone decides
+    stops = stop_token_ids(tok)
+    request = "play jazz by Miles Davis"
+    intents, names = ["PlayMusic", "GetWeather"], ["genre", "artist"]
+    constraint = JSONConstraint(tok, stops[-1], copy_from=request, intents=intents, slot_names=names)
+    prefix = tok.encode(start, add_special_tokens=False)
+
+    class Forced:
+        def choose(self, logits, generated):
+            return prefix[len(generated)] if len(generated) < len(prefix) else constraint.choose(logits, generated)
+
+    out = list(generate_ids(model, tok.encode(f"Question: {request}\nAnswer:"),
+                            SamplingConfig(max_new_tokens=40, temperature=0), stops, constraint=Forced()))
+    text = tok.decode(out, skip_special_tokens=True)
+    assert command_ok(text, request, intents, names), text
+    command = json.loads(JSONConstraint.finish(text))
+    assert command["intent"] in intents, text  # the model wrote (or was forced to) a whole intent from the schema
+    assert all(name in names and value in request for name, value in command.get("slots", {}).items()), text
+    assert len(text) > len(start) + 2, text  # and it went on past the forced start

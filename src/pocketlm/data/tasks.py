@@ -69,8 +69,38 @@ def _read_json(path: Path):
         raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
-def snips_commands(snips_dir: str | Path, out_dir: str | Path, test_fraction: float = 0.1, seed: int = 0) -> dict:
-    """SNIPS NLU (2017 custom-intent-engines) -> {"prompt": utterance, "completion": '{"intent", "slots"}'} JSONL."""
+def _command(intent: str, segments: list[dict]) -> dict:
+    text = "".join(seg["text"] for seg in segments).strip()
+    slots: dict[str, str] = {}
+    for seg in segments:
+        if "entity" in seg:
+            name, value = seg["entity"], seg["text"].strip()
+            slots[name] = f"{slots[name]} {value}" if name in slots else value
+    return {"prompt": text, "completion": json.dumps({"intent": intent, "slots": slots}, ensure_ascii=False)}
+
+
+def _swap_slot_values(intent: str, segments: list[dict], pool: dict[tuple[str, str], list[str]],
+                      rng: random.Random) -> dict:
+    """The same request with every slot value replaced by another training value of that slot and intent:
+    "add clem burke to my list" -> "add Mac Miller to my list". The model sees each phrasing with many
+    values, so it learns to copy the value from the request instead of recalling it."""
+    out = []
+    for seg in segments:
+        if "entity" in seg and seg["text"].strip():
+            old = seg["text"]
+            lead, trail = old[: len(old) - len(old.lstrip())], old[len(old.rstrip()):]
+            seg = {**seg, "text": lead + rng.choice(pool[intent, seg["entity"]]) + trail}
+        out.append(seg)
+    return _command(intent, out)
+
+
+def snips_commands(snips_dir: str | Path, out_dir: str | Path, test_fraction: float = 0.1, seed: int = 0,
+                   augment: int = 0) -> dict:
+    """SNIPS NLU (2017 custom-intent-engines) -> {"prompt": utterance, "completion": '{"intent", "slots"}'} JSONL.
+
+    `augment` adds that many copies of each training request with its slot values swapped for other
+    training values of the same slot and intent (the test requests and their values are never used). Also writes
+    schema.json: the intents and slot names of the training set."""
     root = Path(snips_dir)
     files = sorted(root.glob("*/train_*_full.json"))
     if not files:
@@ -80,19 +110,25 @@ def snips_commands(snips_dir: str | Path, out_dir: str | Path, test_fraction: fl
         data = _read_json(f)
         for intent, examples in data.items():
             for ex in examples:
-                text = "".join(seg["text"] for seg in ex["data"]).strip()
-                slots: dict[str, str] = {}
-                for seg in ex["data"]:
-                    if "entity" in seg:
-                        name, value = seg["entity"], seg["text"].strip()
-                        slots[name] = f"{slots[name]} {value}" if name in slots else value
-                command = json.dumps({"intent": intent, "slots": slots}, ensure_ascii=False)
-                rows.append({"prompt": text, "completion": command})
-    random.Random(seed).shuffle(rows)
+                rows.append((intent, ex["data"]))
+    rng = random.Random(seed)
+    rng.shuffle(rows)
     n_test = max(1, int(round(len(rows) * test_fraction)))
+    test, train = rows[:n_test], rows[n_test:]
+    pool: dict[tuple[str, str], list[str]] = {}
+    for intent, segments in train:
+        for seg in segments:
+            if "entity" in seg and seg["text"].strip():
+                pool.setdefault((intent, seg["entity"]), []).append(seg["text"].strip())
+    train_rows = [_command(intent, segments) for intent, segments in train]
+    for _ in range(augment):
+        train_rows += [_swap_slot_values(intent, segments, pool, rng)
+                       for intent, segments in train if any("entity" in seg for seg in segments)]
+    if augment:
+        rng.shuffle(train_rows)
     out_dir = Path(out_dir)
-    _write_jsonl(out_dir / "test.jsonl", rows[:n_test])
-    _write_jsonl(out_dir / "train.jsonl", rows[n_test:])
-    return {"train": len(rows) - n_test, "test": n_test, "intents": len(files)}
-
-
+    _write_jsonl(out_dir / "test.jsonl", [_command(intent, segments) for intent, segments in test])
+    _write_jsonl(out_dir / "train.jsonl", train_rows)
+    schema = {"intents": sorted({intent for intent, _ in train}), "slots": sorted({name for _, name in pool})}
+    atomic_write_text(out_dir / "schema.json", json.dumps(schema, indent=1) + "\n")
+    return {"train": len(train_rows), "test": n_test, "intents": len(files)}

@@ -40,9 +40,14 @@ class TaskOptions:
     labels: list[str] | None = field(None, "classification: the label set, or a .json/.txt file of labels "
                                      "(default: the labels seen in --data)")
     constrain: bool = field(True, "constrain decoding to the label set (classification) or valid JSON (commands)")
+    rank_labels: bool = field(True, "classification: score every label in full and answer the most likely one "
+                                    "(off: greedy decoding through the label set, which can commit early to a "
+                                    "shared first token)")
     copy_slots: bool = field(False, "commands: slot values (strings inside nested objects) must be whole-word "
-                                    "spans of the request, each slot once, as in SNIPS; the model picks spans "
-                                    "instead of spelling values")
+                                    "spans of the request that do not overlap, each slot once, as in SNIPS; the "
+                                    "model picks spans instead of spelling values")
+    schema: str | None = field(None, "commands: a JSON file {\"intents\": [...], \"slots\": [...]} (the snips "
+                                     "step writes one); the intent and the slot names must come from it")
     limit: int | None = field(None, "score only the first N examples (translation: N source sentences)")
     max_new_tokens: int = field(128, "most tokens to generate per answer")
     worst: int = field(10, "how many of the worst examples to list")
@@ -63,6 +68,21 @@ def _read_labels(spec: list[str] | None, refs: list[str]) -> list[str]:
             raise UserError(f"{path}: expected a list of label strings")
         return labels
     return list(spec)
+
+
+def _read_schema(path: str) -> tuple[list[str], list[str]]:
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the command schema ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    for name in ("intents", "slots"):
+        if not isinstance(schema, dict) or not isinstance(schema.get(name), list) \
+                or not all(isinstance(x, str) for x in schema[name]):
+            raise UserError(f"{path}: expected {{\"intents\": [...], \"slots\": [...]}} (lists of strings); "
+                            f"field {name!r} is missing or not a list of strings")
+    return schema["intents"], schema["slots"]
 
 
 def _group_references(examples: list) -> tuple[list, list]:
@@ -108,21 +128,29 @@ def evaluate_task(model, tokenizer, model_path: str, data: list[str] | str, opts
     stops = stop_token_ids(tokenizer)
     stop_id = stops[-1] if stops else tokenizer.eos_token_id
     constraint = None
+    intents = slot_names = None
+    if opts.schema:
+        intents, slot_names = _read_schema(opts.schema)
     if opts.constrain and task == "classification":
         constraint = LabelConstraint(tokenizer, _read_labels(opts.labels, refs), stop_id)
     elif opts.constrain and task == "commands":
-        constraint = JSONConstraint(tokenizer, stop_id)
+        constraint = JSONConstraint(tokenizer, stop_id, intents=intents, slot_names=slot_names)
     cfg = SamplingConfig(max_new_tokens=opts.max_new_tokens, temperature=0)
     inputs, preds, n_tokens = [], [], 0
     t0 = time.perf_counter()
     for _, messages, _ in tqdm(examples, desc=f"{task}", disable=not progress, file=sys.stderr, leave=False):
         if opts.constrain and task == "commands" and opts.copy_slots:
-            constraint = JSONConstraint(tokenizer, stop_id, copy_from=messages[-2]["content"])
+            constraint = JSONConstraint(tokenizer, stop_id, copy_from=messages[-2]["content"], intents=intents,
+                                        slot_names=slot_names)
         prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
         ids = tokenizer.encode(prompt, add_special_tokens=False)
-        out = list(generate_ids(model, ids, cfg, stops, constraint=constraint))
-        n_tokens += len(out)
-        text = tokenizer.decode(out, skip_special_tokens=True).strip()
+        if isinstance(constraint, LabelConstraint) and opts.rank_labels:
+            text = constraint.rank(model, ids)
+            n_tokens += len(tokenizer.encode(text, add_special_tokens=False)) + 1
+        else:
+            out = list(generate_ids(model, ids, cfg, stops, constraint=constraint))
+            n_tokens += len(out)
+            text = tokenizer.decode(out, skip_special_tokens=True).strip()
         if task == "commands" and opts.constrain:
             text = JSONConstraint.finish(text)
         inputs.append(messages[-2]["content"] if len(messages) > 1 else "")

@@ -16,8 +16,9 @@ class LabelConstraint:
 
     def __init__(self, tokenizer, labels: list[str], stop_id: int):
         self.stop_id = stop_id
+        self.labels = list(dict.fromkeys(labels))
         self.sequences = [list(tokenizer.encode(label, add_special_tokens=False)) + [stop_id]
-                          for label in dict.fromkeys(labels)]
+                          for label in self.labels]
 
     def choose(self, logits: torch.Tensor, generated: list[int]) -> int:
         n = len(generated)
@@ -26,6 +27,65 @@ class LabelConstraint:
             return self.stop_id
         idx = torch.tensor(sorted(allowed))
         return int(idx[logits[0, idx].argmax()])
+
+    @torch.inference_mode()
+    def scores(self, model, prompt_ids: list[int], batch: int = 128) -> torch.Tensor:
+        """log P(label, then stop | prompt) for every label, in one pass over the prompt and batched
+        passes over the labels from its KV cache. Ranking by these is exact; greedy decoding through the
+        label tree (`choose`) can commit to a shared first token ("card_...") whose labels are each less
+        likely than another ("top_up_failed")."""
+        first, cache = self._prefill(model, prompt_ids)
+        every = list(range(len(self.sequences)))
+        return torch.cat([self._score(model, first, cache, every[i:i + batch]) for i in range(0, len(every), batch)])
+
+    @torch.inference_mode()
+    def rank(self, model, prompt_ids: list[int], chunk: int = 16) -> str:
+        """The label with the highest `scores`, scoring the most promising labels first and stopping once
+        no other can win: a label is never more likely than its first token, so labels whose first token
+        is less likely than the best whole label found are skipped (same answer, a fraction of the work)."""
+        first, cache = self._prefill(model, prompt_ids)
+        bounds = first[torch.tensor([q[0] for q in self.sequences], device=first.device)]
+        order = bounds.argsort(descending=True).tolist()
+        best, best_i = float("-inf"), order[0]
+        for i in range(0, len(order), chunk):
+            todo = [j for j in order[i:i + chunk] if float(bounds[j]) > best]
+            if not todo:
+                break
+            scores = self._score(model, first, cache, todo)
+            k = int(scores.argmax())
+            if float(scores[k]) > best:
+                best, best_i = float(scores[k]), todo[k]
+        return self.labels[best_i]
+
+    def _prefill(self, model, prompt_ids: list[int]):
+        from transformers import DynamicCache
+        device = next(model.parameters()).device
+        cache = DynamicCache()
+        out = model(input_ids=torch.tensor([prompt_ids], device=device), past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
+        return out.logits[0, -1].float().log_softmax(-1), cache
+
+    def _score(self, model, first: torch.Tensor, cache, which: list[int]) -> torch.Tensor:
+        from transformers import DynamicCache
+        device = first.device
+        seqs = [self.sequences[j] for j in which]
+        width = max(len(q) for q in seqs)
+        total = first[torch.tensor([q[0] for q in seqs], device=device)]
+        if width == 1:
+            return total
+        # the rest of each label, right-padded: padding comes after, so it is never attended to
+        ids = torch.tensor([q[:-1] + [0] * (width - len(q)) for q in seqs], device=device)
+        targets = torch.tensor([q[1:] + [0] * (width - len(q)) for q in seqs], device=device)
+        mask = torch.tensor([[1.0] * (len(q) - 1) + [0.0] * (width - len(q)) for q in seqs], device=device)
+        branch = DynamicCache()
+        for layer, (k, v) in enumerate(_cache_tensors(cache)):
+            branch.update(k.expand(len(seqs), *k.shape[1:]), v.expand(len(seqs), *v.shape[1:]), layer)
+        logp = model(input_ids=ids, past_key_values=branch, use_cache=True).logits.float().log_softmax(-1)
+        return total + (logp.gather(-1, targets[..., None])[..., 0] * mask).sum(-1)
+
+
+def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def json_prefix_state(text: str) -> str:
@@ -146,34 +206,58 @@ def close_json(text: str) -> str:
     return "{}"
 
 
-def _word_span(value: str, source: str, closed: bool) -> bool:
-    """`value` occurs in `source` starting at the start of a word and, when `closed`, ending at the end
-    of one: "Sebastian Karlsson" and "Sebastian" are spans of "the best Sebastian Karlsson melody",
-    "Sebastian Ka" and "an Karlsson" are not."""
+def _span(value: str, source: str, closed: bool, used: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """Where `value` occurs in `source` starting at the start of a word and, when `closed`, ending at the
+    end of one, without overlapping the `used` spans: "Sebastian Karlsson" and "Sebastian" are spans of
+    "the best Sebastian Karlsson melody", "Sebastian Ka" and "an Karlsson" are not."""
     if not value:
-        return not closed
+        return None if closed else (0, 0)
     if value[0].isspace() or (closed and value[-1].isspace()):
-        return False  # " Psychedelic Rock" is not a slot value
+        return None  # " Psychedelic Rock" is not a slot value
     start = source.find(value)
     while start != -1:
         end = start + len(value)
         if ((start == 0 or not source[start - 1].isalnum() or not value[0].isalnum())
-                and (not closed or end == len(source) or not source[end].isalnum() or not value[-1].isalnum())):
-            return True
+                and (not closed or end == len(source) or not source[end].isalnum() or not value[-1].isalnum())
+                and all(end <= a or start >= b for a, b in used)):
+            return start, end
         start = source.find(value, start + 1)
-    return False
+    return None
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
 
 
-def nested_strings_copied(text: str, source: str) -> bool:
-    """True when every value inside a nested object of the (partial) JSON `text` — the slot values of
-    {"intent": ..., "slots": {...}} — is a string made of whole words of `source` (an open value: the
-    start of such a span), and no key repeats within that object."""
+def command_ok(text: str, source: str | None = None, intents: list[str] | None = None,
+               slot_names: list[str] | None = None) -> bool:
+    """Whether the (partial) JSON `text` can still become an allowed command {"intent": ..., "slots": {...}}:
+    with `source` (the request), every value inside a nested object — a slot value — is a string made of
+    whole words of it, no two values overlap, and no slot name repeats; with `intents`, the top-level
+    "intent" is one of them; with `slot_names`, every nested key is one of them. Open strings only need
+    to be the start of an allowed one."""
     depth, in_string, is_key, escape = 0, False, False, False
     expect_key, expect_value, buf = False, False, []
     keys: list[set[str]] = []
+    key_at: dict[int, str] = {}
+    used: list[tuple[int, int]] = []
+
+    def allowed(value: str, closed: bool) -> bool:
+        if is_key:
+            if depth >= 2:
+                if closed and value in keys[-1]:
+                    return False  # the same slot twice
+                if slot_names is not None:
+                    return value in slot_names if closed else any(n.startswith(value) for n in slot_names)
+            return True
+        if depth == 1 and intents is not None and key_at.get(1) == "intent":
+            return value in intents if closed else any(n.startswith(value) for n in intents)
+        if depth >= 2 and source is not None:
+            span = _span(value, source, closed, used)
+            if span is not None and closed:
+                used.append(span)
+            return span is not None
+        return True
+
     for c in text:
         if in_string:
             if escape:
@@ -184,13 +268,12 @@ def nested_strings_copied(text: str, source: str) -> bool:
             elif c == '"':
                 in_string = False
                 value = "".join(buf)
-                if depth >= 2:
-                    if is_key:
-                        if value in keys[-1]:
-                            return False  # the same slot twice
+                if not allowed(value, closed=True):
+                    return False
+                if is_key:
+                    key_at[depth] = value
+                    if depth >= 2:
                         keys[-1].add(value)
-                    elif not _word_span(value, source, closed=True):
-                        return False
             else:
                 buf.append(c)
             continue
@@ -198,7 +281,7 @@ def nested_strings_copied(text: str, source: str) -> bool:
             continue
         if expect_value:
             expect_value = False
-            if depth >= 2 and c != '"':
+            if depth >= 2 and source is not None and c != '"':
                 return False  # a slot value must be a string
         if c == '"':
             in_string, is_key, buf = True, expect_key, []
@@ -213,10 +296,19 @@ def nested_strings_copied(text: str, source: str) -> bool:
             expect_key, expect_value = False, True
         elif c == ",":
             expect_key = True
-    if in_string and depth >= 2 and not is_key:
-        if escape and not any(ch in source for ch in '"\\/'):
-            return False  # an escape would spell a character the request does not have
-        return _word_span("".join(buf), source, closed=False)
+    if in_string:
+        if escape:  # an escape must spell a character that the allowed strings have
+            if is_key and depth >= 2 and slot_names is not None:
+                pool = slot_names
+            elif not is_key and depth == 1 and intents is not None and key_at.get(1) == "intent":
+                pool = intents
+            elif not is_key and depth >= 2 and source is not None:
+                pool = [source]
+            else:
+                pool = ['"']
+            if not any(ch in text for text in pool for ch in '"\\/'):
+                return False
+        return allowed("".join(buf), closed=False)
     return True
 
 
@@ -225,18 +317,22 @@ class JSONConstraint:
 
     With `copy_from` (the user's request), string values inside nested objects — slot values — must
     be spans of it, as in SNIPS-style slot filling: the model picks where a slot starts and ends
-    instead of spelling the value from memory."""
+    instead of spelling the value from memory. With `intents` / `slot_names` (a command schema), the
+    "intent" value and the slot names must come from them."""
 
-    def __init__(self, tokenizer, stop_id: int, candidates: int = 64, copy_from: str | None = None):
+    def __init__(self, tokenizer, stop_id: int, candidates: int = 64, copy_from: str | None = None,
+                 intents: list[str] | None = None, slot_names: list[str] | None = None):
         self.tokenizer = tokenizer
         self.stop_id = stop_id
         self.candidates = candidates
         self.copy_from = copy_from
+        self.intents, self.slot_names = intents, slot_names
+        self.checked = copy_from is not None or intents is not None or slot_names is not None
 
     def _ok(self, text: str) -> bool:
         if json_prefix_state(text) == "invalid":
             return False
-        return self.copy_from is None or nested_strings_copied(text, self.copy_from)
+        return not self.checked or command_ok(text, self.copy_from, self.intents, self.slot_names)
 
     def choose(self, logits: torch.Tensor, generated: list[int]) -> int:
         if generated and json_prefix_state(self.tokenizer.decode(generated)) == "complete":
@@ -245,7 +341,7 @@ class JSONConstraint:
         for t in top:
             if t != self.stop_id and self._ok(self.tokenizer.decode(generated + [t])):
                 return t
-        if self.copy_from is not None:  # the span's next piece may be an unlikely token: look further
+        if self.checked:  # the span's (or name's) next piece may be an unlikely token: look further
             for t in torch.argsort(logits[0], descending=True)[len(top):].tolist():
                 if t != self.stop_id and self._ok(self.tokenizer.decode(generated + [t])):
                     return t
