@@ -71,3 +71,17 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+# Longest context for which plain matmul attention ("eager") trained faster than PyTorch's SDPA kernel on
+# CPU: 12M model, bf16, 2 cores — 1.1-1.3x at 256 and 512 tokens, 0.5-0.9x at 1024 (docs/benchmarks.md).
+CPU_EAGER_MAX_CONTEXT = 512
+
+
+def training_attention(name: str, device: torch.device, context: int | None) -> str:
+    """The attention kernel to train with: `auto` picks "eager" on CPU for short contexts, "sdpa" elsewhere."""
+    if name != "auto":
+        return name
+    if device.type == "cpu" and context is not None and context <= CPU_EAGER_MAX_CONTEXT:
+        return "eager"
+    return "sdpa"

@@ -90,6 +90,15 @@ def test_lora_lowers_validation_loss_and_merge_matches_adapter(tiny_run, tmp_pat
         assert torch.allclose(standalone(ids).logits, merged(ids).logits, atol=1e-5)
 
 
+def test_compiled_lora_fine_tuning_matches_eager(tiny_run, tmp_path):
+    # the loss that computes logits at labelled positions only, compiled with a PEFT model
+    summaries = [finetune(FinetuneConfig(base=str(tiny_run), data=[str(SHOP / "faq.jsonl")], out=str(tmp_path / name),
+                                         prompt_field="question", completion_field="answer", lora=True, max_steps=3,
+                                         eval_at_start=False, compile=name == "compiled", **FAST))
+                 for name in ("eager", "compiled")]
+    assert summaries[1]["compile"] and abs(summaries[0]["val_loss"] - summaries[1]["val_loss"]) < 1e-4
+
+
 def test_fine_tuned_model_stops_at_end_of_turn(tiny_run, tmp_path):
     data = tmp_path / "hours.jsonl"
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "9 am to 7 pm."}]}

@@ -130,6 +130,23 @@ def test_starting_validation_pass_can_be_skipped(shop_data, tmp_path):
     assert [r["step"] for r in records if "val_loss" in r] == [3]
 
 
+def test_attention_kernels_and_compile_train_alike(shop_data, tmp_path):
+    # on CPU at context 64 "auto" trains with plain matmul attention; SDPA, and torch.compile of the model and
+    # the loss together, must train the same model
+    runs = {}
+    for name, extra in (("auto", {}), ("sdpa", {"attention": "sdpa"}), ("compiled", {"compile": True})):
+        s = pretrain(PretrainConfig(data=str(shop_data), out=str(tmp_path / name), max_steps=4, **COMMON, **extra))
+        runs[name] = s, _weights(tmp_path / name)
+    assert runs["auto"][0]["attention"] == "eager" and runs["sdpa"][0]["attention"] == "sdpa"
+    ref_summary, ref = runs["auto"]
+    for name in ("sdpa", "compiled"):
+        summary, weights = runs[name]
+        assert abs(summary["val_loss"] - ref_summary["val_loss"]) < 1e-4, name
+        assert all(torch.allclose(weights[k], ref[k], atol=1e-4) for k in ref), name
+    config = json.loads((tmp_path / "auto" / "model" / "config.json").read_text())
+    assert not any("attn_implementation" in k for k in config)  # the training kernel is not saved
+
+
 def test_time_and_token_budgets(shop_data, tmp_path):
     s = pretrain(PretrainConfig(data=str(shop_data), out=str(tmp_path / "tok"), max_tokens=4 * 64 * 7, **COMMON))
     assert s["step"] == 7

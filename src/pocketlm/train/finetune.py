@@ -204,7 +204,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     def evaluate(model) -> dict:
         return {"val_loss": mean_loss(model, val_batches.all(cfg.batch_size), labelled_lm_loss)}
 
-    task = Task(batch=batches.batch, loss=labelled_lm_loss, evaluate=evaluate)
+    task = Task(batch=batches.batch, loss=labelled_lm_loss, evaluate=evaluate, context=cfg.context)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"fine-tuning {'LoRA ' if cfg.lora else ''}{trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters on "

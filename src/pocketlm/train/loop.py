@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from pocketlm.config import field
-from pocketlm.device import autocast, dtype_name, resolve_device, resolve_dtype
+from pocketlm.device import autocast, dtype_name, resolve_device, resolve_dtype, training_attention
 from pocketlm.errors import UserError
 from pocketlm.model.io import save_model
 from pocketlm.train.checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoint
@@ -75,6 +75,9 @@ class LoopConfig:
     dtype: str = field("auto", "compute precision: auto (bf16 where the hardware has it), fp32, bf16, fp16",
                        choices=["auto", "fp32", "bf16", "fp16"])
     compile: bool = field(False, "torch.compile the model (slower start, faster steps)")
+    attention: str = field("auto", "attention kernel while training: auto (plain matmul attention on CPU for "
+                           "contexts up to 512 tokens, where it is faster; PyTorch's SDPA otherwise), sdpa, eager",
+                           choices=["auto", "sdpa", "eager"])
     device: str = field("auto", "auto, cpu, cuda, cuda:N or mps")
     resume: bool = field(False, "continue from OUT/checkpoint")
     progress: bool = field(True, "show a progress bar")
@@ -83,9 +86,10 @@ class LoopConfig:
 @dataclass
 class Task:
     batch: Callable[[int, int], dict]
-    loss: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, int]]
+    loss: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]  # (mean loss, target count)
     evaluate: Callable[[torch.nn.Module], dict]
     tokens_per_step: int | None = None  # for budgets and the progress bar; None = count as we go
+    context: int | None = None  # longest sequence in a batch, for choosing the attention kernel
 
 
 class _StopFlag:
@@ -166,6 +170,9 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
         torch.backends.cudnn.allow_tf32 = True
     model.to(device)
     model.train()
+    inference_attention = model.config._attn_implementation
+    attention = training_attention(cfg.attention, device, task.context)
+    model.set_attn_implementation(attention)  # not saved: config.json never records it
     optimizer = make_optimizer(model, cfg, device)
 
     step, tokens, elapsed = 0, 0, 0.0
@@ -186,7 +193,9 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
         metrics_path.write_text("", encoding="utf-8")
         carried = {}
 
-    fwd_model = torch.compile(model) if cfg.compile else model
+    # compiling the loss with the model puts the head, the cast to fp32 and the cross-entropy in one graph
+    # (10% faster than compiling the model alone: 12M model, bf16, 2-core CPU)
+    loss_fn = torch.compile(task.loss) if cfg.compile else task.loss
 
     def progress_of(step, tokens, elapsed):
         p = 0.0
@@ -205,7 +214,7 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
     def evaluate() -> dict:
         model.eval()
         with torch.no_grad(), autocast(device, amp_dtype):
-            result = task.evaluate(fwd_model)
+            result = task.evaluate(model)
         model.train()
         return result
 
@@ -252,7 +261,7 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
             for micro in range(cfg.grad_accum):
                 batch = task.batch(step, micro)
                 with autocast(device, amp_dtype):
-                    loss, n = task.loss(fwd_model, batch)
+                    loss, n = loss_fn(model, batch)
                 (loss / cfg.grad_accum).backward()
                 step_loss += loss.detach() / cfg.grad_accum
                 step_tokens += n
@@ -262,12 +271,13 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            tokens += task.tokens_per_step or step_tokens
+            step_tokens = task.tokens_per_step or int(step_tokens)
+            tokens += step_tokens
             now = time.perf_counter()
             elapsed += now - t_last
             t_last = now
             interval_loss = interval_loss + step_loss
-            interval_tokens += task.tokens_per_step or step_tokens
+            interval_tokens += step_tokens
             interval_steps += 1
             if step % cfg.log_interval == 0:
                 dt = now - interval_start
@@ -298,6 +308,7 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
                 break
     bar.close()
     checkpoint()
+    model.set_attn_implementation(inference_attention)
     return {"step": step, "tokens": tokens, "elapsed": round(elapsed, 2), "stopped": reason,
-            "device": str(device), "dtype": dtype_name(amp_dtype), "compile": cfg.compile,
+            "device": str(device), "dtype": dtype_name(amp_dtype), "compile": cfg.compile, "attention": attention,
             **({} if last_val is None else last_val)}

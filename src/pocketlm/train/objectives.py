@@ -1,4 +1,6 @@
-"""Training objectives: each takes (model, batch) and returns (mean loss, number of target tokens)."""
+"""Training objectives: each takes (model, batch) and returns (mean loss, number of target tokens).
+
+The count is a 0-d tensor, so that `torch.compile` can take an objective whole (no graph break)."""
 
 from __future__ import annotations
 
@@ -9,18 +11,16 @@ import torch.nn.functional as F
 PLAIN_HEAD_TYPES = {"llama", "qwen2", "qwen3", "mistral"}
 
 
-def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token cross-entropy; labels are already shifted, -100 marks positions without a target."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                    position_ids=batch.get("position_ids"), use_cache=False).logits
     labels = batch["labels"]
     loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
-    return loss, int((labels != -100).sum())
+    return loss, (labels != -100).sum()
 
 
 def _decoder_and_head(model):
-    if hasattr(model, "_orig_mod"):  # torch.compile'd: keep the compiled forward
-        return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's own model
     if getattr(base.config, "model_type", None) not in PLAIN_HEAD_TYPES:
         return None
@@ -30,7 +30,7 @@ def _decoder_and_head(model):
     return decoder, head
 
 
-def labelled_lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def labelled_lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """`lm_loss` computing logits only at labelled positions.
 
     In fine-tuning only assistant tokens carry labels; the vocabulary projection of every other
@@ -45,7 +45,7 @@ def labelled_lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     labels = batch["labels"]
     keep = labels != -100
     logits = head(hidden[keep])
-    return F.cross_entropy(logits.float(), labels[keep]), int(keep.sum())
+    return F.cross_entropy(logits.float(), labels[keep]), keep.sum()
 
 
 def mean_loss(model, batches, loss=lm_loss) -> float:
@@ -53,6 +53,6 @@ def mean_loss(model, batches, loss=lm_loss) -> float:
     total, count = 0.0, 0
     for batch in batches:
         value, n = loss(model, batch)
-        total += float(value) * n
-        count += n
+        total += float(value) * int(n)
+        count += int(n)
     return total / max(count, 1)

@@ -100,7 +100,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         return {"val_loss": loss, "val_bpb": loss / math.log(2) * tokens_per_byte}
 
     task = Task(batch=train_windows.batch, loss=lm_loss, evaluate=evaluate,
-                tokens_per_step=cfg.batch_size * context * cfg.grad_accum)
+                tokens_per_step=cfg.batch_size * context * cfg.grad_accum, context=context)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters, context {context}, vocabulary {len(tokenizer)}; "
           f"data: {len(train_tokens):,} train / {len(val_tokens):,} val tokens", file=sys.stderr)
