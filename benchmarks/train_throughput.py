@@ -35,13 +35,14 @@ def prepare_data(cache: Path) -> Path:
     return out
 
 
-def run_pocketlm(data: Path, dtype: str, compile: bool, steps: int) -> dict:
+def run_pocketlm(data: Path, dtype: str, compile: bool, steps: int, attention: str = "auto") -> dict:
     from pocketlm.train.pretrain import PretrainConfig, pretrain
     with tempfile.TemporaryDirectory() as tmp:
         s = pretrain(PretrainConfig(data=str(data), out=tmp, model="mini-12m", context=SHAPE["context"],
                                     batch_size=SHAPE["batch"], max_steps=steps, eval_interval=10**9,
                                     eval_batches=1, log_interval=10, save_interval=10**9, dtype=dtype,
-                                    compile=compile, progress=False, warmup_steps=10))
+                                    compile=compile, progress=False, warmup_steps=10,
+                                    attention=attention))
         records = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tok_per_s"] for r in records if "tok_per_s" in r][2:]  # skip warm-up / compile intervals
     return {"tokens_per_s": sum(rates) / len(rates), "parameters": s["parameters"]}
@@ -98,13 +99,14 @@ def main():
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "bench")
     ap.add_argument("--one", nargs=3, metavar=("WHO", "DTYPE", "COMPILE"), help=argparse.SUPPRESS)
+    ap.add_argument("--attention", default="auto", help="pocketlm's --attention for --one (auto, sdpa, eager)")
     args = ap.parse_args()
     data = prepare_data(args.cache)
     if args.one:
         who, dtype, comp = args.one[0], args.one[1], args.one[2] == "1"
         steps = args.steps + (60 if comp and who == "pocketlm" else 0)
         r = run_nanogpt(args.nanogpt, data, dtype, comp, args.steps) if who == "nanogpt" else \
-            run_pocketlm(data, dtype, comp, steps)
+            run_pocketlm(data, dtype, comp, steps, args.attention)
         print("RESULT " + json.dumps(r))
         return
     from pocketlm.model.presets import flops_per_token, get_preset, llama_config
