@@ -32,6 +32,8 @@ def machine() -> dict:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "date": datetime.date.today().isoformat()}
+    from pocketlm.device import cpu_has_bf16
+    info["cpu_native_bf16"] = cpu_has_bf16()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

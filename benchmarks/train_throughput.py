@@ -91,6 +91,11 @@ CONFIGS = [
     ("nanogpt", "fp32", False), ("nanogpt", "bf16", True),
     ("pocketlm", "fp32", False), ("pocketlm", "bf16", False), ("pocketlm", "bf16", True),
 ]
+# a CPU without native bf16 instructions emulates bf16 matmuls (measured 4.6x slower than fp32): both sides' best is fp32
+CONFIGS_NO_BF16 = [
+    ("nanogpt", "fp32", False), ("nanogpt", "fp32", True),
+    ("pocketlm", "fp32", False), ("pocketlm", "fp32", True),
+]
 
 
 def main():
@@ -109,12 +114,13 @@ def main():
             run_pocketlm(data, dtype, comp, steps, args.attention)
         print("RESULT " + json.dumps(r))
         return
+    from pocketlm.device import cpu_has_bf16
     from pocketlm.model.presets import flops_per_token, get_preset, llama_config
     flops = flops_per_token(llama_config(get_preset("mini-12m"), SHAPE["vocab"]), SHAPE["context"])
     peaks = {"fp32": matmul_peak_tflops(__import__("torch").float32),
              "bf16": matmul_peak_tflops(__import__("torch").bfloat16)}
     rows = []
-    for who, dtype, comp in CONFIGS:
+    for who, dtype, comp in (CONFIGS if cpu_has_bf16() else CONFIGS_NO_BF16):
         if who == "nanogpt" and not args.nanogpt:
             continue
         cmd = [sys.executable, __file__, "--one", who, dtype, "1" if comp else "0", "--steps", str(args.steps),
@@ -132,7 +138,7 @@ def main():
               "pocketlm_best": best}
     if ("nanogpt", "fp32", False) in ref:
         result["ratio_vs_nanogpt_default"] = round(best / ref[("nanogpt", "fp32", False)], 2)
-        result["ratio_vs_nanogpt_best"] = round(best / ref[("nanogpt", "bf16", True)], 2)
+        result["ratio_vs_nanogpt_best"] = round(best / max(r["tokens_per_s"] for r in rows if r["who"] == "nanogpt"), 2)
     print(json.dumps({k: v for k, v in result.items() if k.startswith("ratio") or k == "pocketlm_best"}))
     save_result("train_throughput", result)
 
