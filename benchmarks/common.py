@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from pocketlm.device import cpu_has_bf16
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -32,7 +34,6 @@ def machine() -> dict:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "date": datetime.date.today().isoformat()}
-    from pocketlm.device import cpu_has_bf16
     info["cpu_native_bf16"] = cpu_has_bf16()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
