@@ -8,6 +8,7 @@ accumulation, clipping, budgets, logging, plots, checkpoints, resume and Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,6 +26,7 @@ from pocketlm.config import field
 from pocketlm.device import autocast, dtype_name, resolve_device, resolve_dtype, training_attention
 from pocketlm.errors import UserError
 from pocketlm.model.io import save_model
+from pocketlm.train.average import WeightAverage
 from pocketlm.train.checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoint
 from pocketlm.train.schedule import lr_at
 
@@ -75,6 +77,8 @@ class LoopConfig:
     dtype: str = field("auto", "compute precision: auto (bf16 where the hardware has it), fp32, bf16, fp16",
                        choices=["auto", "fp32", "bf16", "fp16"])
     compile: bool = field(False, "torch.compile the model (slower start, faster steps)")
+    ema: float = field(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.995, about "
+                            "the last 200 steps) and validate and save the average; 0 = off")
     attention: str = field("auto", "attention kernel while training: auto (plain matmul attention on CPU for "
                            "contexts up to 512 tokens, where it is faster; PyTorch's SDPA otherwise), sdpa, eager",
                            choices=["auto", "sdpa", "eager"])
@@ -174,6 +178,9 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
     attention = training_attention(cfg.attention, device, task.context)
     model.set_attn_implementation(attention)  # not saved: config.json never records it
     optimizer = make_optimizer(model, cfg, device)
+    if not 0.0 <= cfg.ema < 1.0:
+        raise UserError(f"--ema {cfg.ema}: give a decay between 0 (off) and 1, e.g. 0.995")
+    ema = WeightAverage(model, cfg.ema) if cfg.ema else None
 
     step, tokens, elapsed = 0, 0, 0.0
     metrics_path = out_dir / METRICS
@@ -184,6 +191,8 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
         state = load_state(ckpt)
         _restore_weights(model, ckpt, device)
         optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         step, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
         carried = state.get("interval", {})
         restore_rng(state)
@@ -211,6 +220,9 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
+    def averaged():  # validation and the kept weights use the average when there is one
+        return ema.swapped_in() if ema is not None else contextlib.nullcontext()
+
     def evaluate() -> dict:
         model.eval()
         with torch.no_grad(), autocast(device, amp_dtype):
@@ -223,7 +235,8 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
         interval = {"loss": float(interval_loss), "steps": interval_steps, "tokens": interval_tokens}
         save_checkpoint(out_dir, model, tokenizer, optimizer,
                         {"step": step, "tokens": tokens, "elapsed": elapsed, "config": dataclasses.asdict(cfg),
-                         "run": run_info or {}, "interval": interval})
+                         "run": run_info or {}, "interval": interval,
+                         "ema": None if ema is None else ema.state_dict()})
 
     best = float("inf")
     if best_dir is not None and cfg.resume and (Path(best_dir) / BEST_INFO).exists():
@@ -241,10 +254,11 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
     last_val = None
     if step == 0 and cfg.eval_at_start:
         bar.set_postfix_str("measuring the starting validation loss")  # minutes for a 135M model on CPU
-        last_val = evaluate()
+        with averaged():
+            last_val = evaluate()
+            keep_if_best(last_val)
         bar.set_postfix_str("training", refresh=False)
         log({"step": 0, "tokens": 0, "elapsed": 0.0, **last_val})
-        keep_if_best(last_val)
     interval_loss = torch.tensor(carried.get("loss", 0.0), device=device)
     interval_tokens, interval_steps = carried.get("tokens", 0), carried.get("steps", 0)
     interval_start = time.perf_counter()
@@ -271,6 +285,8 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if ema is not None:
+                ema.update(step)
             step_tokens = task.tokens_per_step or int(step_tokens)
             tokens += step_tokens
             now = time.perf_counter()
@@ -295,10 +311,11 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
             bar.update(min(progress_of(step, tokens, elapsed), 1.0) * 100 - bar.n)  # redraws at most twice a second
             done = progress_of(step, tokens, elapsed) >= 1.0
             if step % cfg.eval_interval == 0 or done:
-                last_val = evaluate()
+                with averaged():
+                    last_val = evaluate()
+                    keep_if_best(last_val)
                 log({"step": step, "tokens": tokens, "elapsed": round(elapsed, 3), **last_val})
                 bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_val.items()))
-                keep_if_best(last_val)
                 t_last = time.perf_counter()  # evaluation time is not training time
             if step % cfg.save_interval == 0 and not done:
                 checkpoint()
@@ -308,7 +325,10 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
                 break
     bar.close()
     checkpoint()
+    if ema is not None:  # the model handed back (and saved as the final model) is the average
+        ema.copy_to_model()
     model.set_attn_implementation(inference_attention)
     return {"step": step, "tokens": tokens, "elapsed": round(elapsed, 2), "stopped": reason,
             "device": str(device), "dtype": dtype_name(amp_dtype), "compile": cfg.compile, "attention": attention,
+            "ema": cfg.ema,
             **({} if last_val is None else last_val)}
