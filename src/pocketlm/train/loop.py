@@ -232,7 +232,8 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
 
     def checkpoint():
         # the partial logging interval travels with the checkpoint, so a resumed run logs the same curve
-        interval = {"loss": float(interval_loss), "steps": interval_steps, "tokens": interval_tokens}
+        interval = {"loss": float(interval_loss), "steps": interval_steps, "tokens": interval_tokens,
+                    "seconds": time.perf_counter() - interval_start}
         save_checkpoint(out_dir, model, tokenizer, optimizer,
                         {"step": step, "tokens": tokens, "elapsed": elapsed, "config": dataclasses.asdict(cfg),
                          "run": run_info or {}, "interval": interval,
@@ -261,7 +262,8 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
         log({"step": 0, "tokens": 0, "elapsed": 0.0, **last_val})
     interval_loss = torch.tensor(carried.get("loss", 0.0), device=device)
     interval_tokens, interval_steps = carried.get("tokens", 0), carried.get("steps", 0)
-    interval_start = time.perf_counter()
+    # a resumed interval keeps its training time so far, so its tokens/s is not inflated by the earlier tokens
+    interval_start = time.perf_counter() - carried.get("seconds", 0.0)
     t_last = time.perf_counter()
     reason = "budget"
     with _StopFlag() as flag:
