@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -82,3 +84,19 @@ def test_flag_on_the_command_line():
     out = subprocess.run([sys.executable, "-m", "pocketlm", "finetune", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "--ema" in out
+
+
+def test_average_started_on_resume_starts_from_the_resumed_weights(tiny_run, tmp_path):
+    from pocketlm.train.finetune import FinetuneConfig, finetune
+    shop = Path(__file__).resolve().parents[2] / "examples" / "shop"
+    cfg = dict(base=str(tiny_run), data=[str(shop / "faq.jsonl")], out=str(tmp_path / "ft"), prompt_field="question",
+               completion_field="answer", lr=1e-2, schedule="constant", warmup_steps=2, context=192, batch_size=8,
+               progress=False, eval_batches=2, dtype="fp32", eval_at_start=False)
+    finetune(FinetuneConfig(max_steps=20, **cfg))
+    trained = load_file(str(tmp_path / "ft" / "checkpoint" / "model.safetensors"))
+    finetune(FinetuneConfig(max_steps=22, resume=True, ema=0.99, **cfg))
+    average = load_file(str(tmp_path / "ft" / "model" / "model.safetensors"))
+    base = load_file(str(tiny_run / "model" / "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj.weight"
+    # two steps past the resumed weights, not pulled back towards the base the run started from
+    assert (average[name] - trained[name]).norm() < 0.5 * (average[name] - base[name]).norm()

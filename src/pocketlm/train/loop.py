@@ -193,6 +193,8 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
+        elif ema is not None:  # --ema given for the first time on resume: start the average from here
+            ema = WeightAverage(model, cfg.ema)
         step, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
         carried = state.get("interval", {})
         restore_rng(state)
