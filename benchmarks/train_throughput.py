@@ -35,14 +35,14 @@ def prepare_data(cache: Path) -> Path:
     return out
 
 
-def run_pocketlm(data: Path, dtype: str, compile: bool, steps: int, attention: str = "auto") -> dict:
+def run_pocketlm(data: Path, dtype: str, compile: bool, steps: int, attention: str = "auto", ema: float = 0.0) -> dict:
     from pocketlm.train.pretrain import PretrainConfig, pretrain
     with tempfile.TemporaryDirectory() as tmp:
         s = pretrain(PretrainConfig(data=str(data), out=tmp, model="mini-12m", context=SHAPE["context"],
                                     batch_size=SHAPE["batch"], max_steps=steps, eval_interval=10**9,
                                     eval_batches=1, log_interval=10, save_interval=10**9, dtype=dtype,
                                     compile=compile, progress=False, warmup_steps=10,
-                                    attention=attention))
+                                    attention=attention, ema=ema))
         records = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tok_per_s"] for r in records if "tok_per_s" in r][2:]  # skip warm-up / compile intervals
     return {"tokens_per_s": sum(rates) / len(rates), "parameters": s["parameters"]}
@@ -105,13 +105,14 @@ def main():
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "bench")
     ap.add_argument("--one", nargs=3, metavar=("WHO", "DTYPE", "COMPILE"), help=argparse.SUPPRESS)
     ap.add_argument("--attention", default="auto", help="pocketlm's --attention for --one (auto, sdpa, eager)")
+    ap.add_argument("--ema", type=float, default=0.0, help="pocketlm's --ema for --one (the cost of the weight average)")
     args = ap.parse_args()
     data = prepare_data(args.cache)
     if args.one:
         who, dtype, comp = args.one[0], args.one[1], args.one[2] == "1"
         steps = args.steps + (60 if comp and who == "pocketlm" else 0)
         r = run_nanogpt(args.nanogpt, data, dtype, comp, args.steps) if who == "nanogpt" else \
-            run_pocketlm(data, dtype, comp, steps, args.attention)
+            run_pocketlm(data, dtype, comp, steps, args.attention, args.ema)
         print("RESULT " + json.dumps(r))
         return
     from pocketlm.device import cpu_has_bf16

@@ -33,7 +33,8 @@ def test_pretraining_on_the_gpu_matches_the_cpu(shop_data, tmp_path):
     assert gpu["val_loss"] == pytest.approx(cpu["val_loss"], abs=0.05)
     a = load_file(str(tmp_path / "cpu" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "gpu" / "model" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(v.device.type == "cpu" for v in b.values())  # saved from the GPU, loads anywhere
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=2e-2) for k in a)  # the same training, up to TF32 rounding
 
 
 @pytest.mark.parametrize("compile", [False, True])
@@ -50,7 +51,7 @@ def test_bf16_pretraining_learns_and_saves_fp32(shop_data, tmp_path, compile):
     assert next(model.parameters()).is_cuda
 
 
-def test_fused_adamw_on_the_gpu(shop_data, tmp_path):
+def test_fused_adamw_on_the_gpu():
     from pocketlm.train.loop import LoopConfig, make_optimizer
     model = torch.nn.Linear(4, 4).cuda()
     opt = make_optimizer(model, LoopConfig(), torch.device("cuda"))
