@@ -56,6 +56,7 @@ class ChatOptions:
     system: str | None = field(None, "system prompt")
     device: str = field("auto", "auto, cpu, cuda or mps")
     dtype: str = field("fp32", "weights precision: fp32, bf16, fp16", choices=["fp32", "bf16", "fp16"])
+    ground: bool = field(True, "answer with the model's grounding when it has one (fine-tuned with --ground-field)")
 
 
 @dataclass(kw_only=True)
@@ -207,11 +208,12 @@ def cmd_chat(ns):
         from pocketlm.serve.llamacpp import chat_gguf
         chat_gguf(opts.model, samp, system=opts.system)
         return
+    from pocketlm.data.grounding import find_grounding
     from pocketlm.device import resolve_device
     from pocketlm.model.io import load_model
     from pocketlm.serve.chat import chat_loop
     model, tokenizer = load_model(opts.model, dtype=_torch_dtype(opts.dtype), device=resolve_device(opts.device))
-    chat_loop(model, tokenizer, samp, system=opts.system)
+    chat_loop(model, tokenizer, samp, system=opts.system, grounding=find_grounding(opts.model) if opts.ground else None)
 
 
 def cmd_eval(ns):

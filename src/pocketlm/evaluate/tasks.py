@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pocketlm.config import field
+from pocketlm.data.grounding import find_grounding
 from pocketlm.data.sft import SftFormat, load_examples
 from pocketlm.data.tokenizer import stop_token_ids
 from pocketlm.errors import UserError
@@ -48,6 +49,8 @@ class TaskOptions:
                                     "model picks spans instead of spelling values")
     schema: str | None = field(None, "commands: a JSON file {\"intents\": [...], \"slots\": [...]} (the snips "
                                      "step writes one); the intent and the slot names must come from it")
+    ground: bool = field(True, "answer with the model's grounding when it has one (a model fine-tuned with "
+                               "--ground-field): the closest known answer goes into the prompt")
     limit: int | None = field(None, "score only the first N examples (translation: N source sentences)")
     max_new_tokens: int = field(128, "most tokens to generate per answer")
     worst: int = field(10, "how many of the worst examples to list")
@@ -135,6 +138,7 @@ def evaluate_task(model, tokenizer, model_path: str, data: list[str] | str, opts
         constraint = LabelConstraint(tokenizer, _read_labels(opts.labels, refs), stop_id)
     elif opts.constrain and task == "commands":
         constraint = JSONConstraint(tokenizer, stop_id, intents=intents, slot_names=slot_names)
+    grounding = find_grounding(model_path) if opts.ground else None
     cfg = SamplingConfig(max_new_tokens=opts.max_new_tokens, temperature=0)
     inputs, preds, n_tokens = [], [], 0
     t0 = time.perf_counter()
@@ -142,7 +146,8 @@ def evaluate_task(model, tokenizer, model_path: str, data: list[str] | str, opts
         if opts.constrain and task == "commands" and opts.copy_slots:
             constraint = JSONConstraint(tokenizer, stop_id, copy_from=messages[-2]["content"], intents=intents,
                                         slot_names=slot_names)
-        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        shown = grounding.ground(messages[:-1]) if grounding is not None else messages[:-1]
+        prompt = tokenizer.apply_chat_template(shown, add_generation_prompt=True, tokenize=False)
         ids = tokenizer.encode(prompt, add_special_tokens=False)
         if isinstance(constraint, LabelConstraint) and opts.rank_labels:
             text = constraint.rank(model, ids)
@@ -170,6 +175,7 @@ def evaluate_task(model, tokenizer, model_path: str, data: list[str] | str, opts
         "speed": {"seconds": round(seconds, 2), "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
                   "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)},
         "constrained": constraint is not None,
+        "grounded": grounding is not None,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 

@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pocketlm.config import field, to_dict
 from pocketlm.data.augment import augment
-from pocketlm.data.sft import SftFormat, encode_conversation, load_conversations, pack
+from pocketlm.data.grounding import ground_conversations
+from pocketlm.data.sft import SftFormat, encode_conversation, load_examples, pack
 from pocketlm.data.tokenizer import load_tokenizer
 from pocketlm.device import resolve_device
 from pocketlm.errors import UserError
@@ -58,6 +59,9 @@ class FinetuneConfig(LoopConfig):
     augment: int = field(0, "add N noisy copies of every training example (words dropped or swapped, typos, "
                          "lower case in the user turn) so a small model learns to read past the exact wording")
     keep_best: bool = field(True, "keep the weights with the lowest validation loss as the final model")
+    ground_field: str | None = field(None, "record field naming each example's topic (e.g. fact): a router learns "
+                                     "question -> topic and every answer is made with the closest known answer "
+                                     "of that topic in view (see docs/finetune.md, grounded answers)")
     strict: bool = field(True, "stop at the first bad record (--no-strict skips it with a warning)")
     # fine-tuning defaults differ from pretraining
     lr: float | None = field(None, "peak learning rate (default: 1e-3 with --lora, 5e-5 otherwise)")
@@ -108,6 +112,13 @@ def load_base(base: str, run_dir: Path):
         save_model(model, tok, local)
         return model, tok, local
     raise UserError(f"{base}: no such model directory or file")
+
+
+def _topic(record, name: str, where: str) -> str:
+    value = record.get(name) if isinstance(record, dict) else None
+    if value is None or not str(value).strip():
+        raise UserError(f"{where}: no topic in field {name!r} (--ground-field)")
+    return str(value)
 
 
 def _split(convs: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -177,11 +188,17 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise UserError(f"{out_dir}: --resume given but there is no checkpoint to resume from")
     fmt = SftFormat(cfg.prompt_field, cfg.completion_field, cfg.prompt_template, cfg.completion_template,
                     cfg.system, cfg.columns)
-    convs = load_conversations(cfg.data, fmt, strict=cfg.strict)
+    records = load_examples(cfg.data, fmt, strict=cfg.strict)
+    convs = [(where, messages) for where, messages, _ in records]
     if cfg.val_data:
-        train_convs, val_convs = convs, load_conversations(cfg.val_data, fmt, strict=cfg.strict)
+        train_convs = convs
+        val_convs = [(where, messages) for where, messages, _ in load_examples(cfg.val_data, fmt, strict=cfg.strict)]
     else:
         train_convs, val_convs = _split(convs, cfg.val_fraction, cfg.seed)
+    grounding = None
+    if cfg.ground_field:
+        topics = {where: _topic(record, cfg.ground_field, where) for where, _, record in records}
+        train_convs, val_convs, grounding = ground_conversations(train_convs, val_convs, topics, cfg.seed)
     n_examples = len(train_convs)
     train_convs = augment(train_convs, cfg.augment, cfg.seed)
     if not val_convs:
@@ -221,6 +238,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
         os.replace(best_dir, final)
     else:
         save_model(model, tokenizer, final)
+    if grounding is not None:  # beside the run (its checkpoint/ uses it) and inside the model directory
+        grounding.save(out_dir)
+        grounding.save(final)
     plot = plot_losses(out_dir / METRICS, out_dir / "loss.png", title=f"fine-tuning {Path(cfg.base).name}")
     summary.update({"trainable_parameters": trainable, "parameters": total, "model_dir": str(final),
                     "loss_plot": str(plot), "base": str(base_dir), "train_examples": n_examples,
