@@ -19,7 +19,7 @@ Saved as plain data (JSON + safetensors, no pickle), so a model directory stays 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,7 @@ class Grounding:
     classes: list[str]
     coef: np.ndarray  # (classes, features) logistic-regression weights
     intercept: np.ndarray
+    _known: object = field(default=None, repr=False)  # features of `prompts`, computed once
 
     @classmethod
     def fit(cls, prompts: list[str], answers: list[str], labels: list[str], seed: int = 0) -> Grounding:
@@ -96,7 +97,9 @@ class Grounding:
         routed topic). `exclude[i]` is an entry that text i must not get (itself, when it is a training
         example); a topic with no other entry falls back to the most similar entry of any topic."""
         labels = labels if labels is not None else self.route(texts)
-        sims = (self.features(texts) @ self.features(self.prompts).T).toarray()
+        if self._known is None:
+            self._known = self.features(self.prompts).T.tocsr()
+        sims = (self.features(texts) @ self._known).toarray()
         known = np.asarray(self.labels)
         out = []
         for i, label in enumerate(labels):
