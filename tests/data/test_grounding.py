@@ -80,6 +80,17 @@ def test_saved_as_plain_data_and_loads_the_same(tmp_path):
     assert (h.coef == g.coef).all() and (h.intercept == g.intercept).all()  # not scrambled by memory order
 
 
+def test_two_topics_route_both_ways_and_chunks_change_nothing():
+    hours, returns = FAQ["hours"], FAQ["returns"]
+    g = Grounding.fit([q for q, _ in hours + returns], [a for _, a in hours + returns],
+                      ["hours"] * len(hours) + ["returns"] * len(returns))
+    assert g.coef.shape[0] == 2  # scikit-learn keeps one row for two classes; both are scored
+    assert g.route(["opening hours on monday?", "can i return this item?"]) == ["hours", "returns"]
+    n = len(g.prompts)
+    assert g.references(g.prompts, g.labels, exclude=list(range(n)), chunk=3) == \
+        g.references(g.prompts, g.labels, exclude=list(range(n)))
+
+
 def test_one_topic_is_an_error_and_unreadable_data_is_named(tmp_path):
     with pytest.raises(UserError, match="at least two topics"):
         Grounding.fit(["a question", "another"], ["x", "y"], ["same", "same"])
@@ -140,6 +151,21 @@ def test_finetune_saves_the_grounding_and_eval_uses_it(tiny_run, tmp_path, monke
     assert said.returncode == 0 and "answers grounded in 12 known answers on 3 topics" in said.stderr
     said = subprocess.run([*run, "--no-ground"], input="Hi\n/exit\n", capture_output=True, text=True, timeout=120)
     assert said.returncode == 0 and "grounded" not in said.stderr
+
+
+def test_merged_lora_bot_keeps_its_grounding(tiny_run, tmp_path):
+    from pocketlm.cli import main
+    from pocketlm.train.finetune import FinetuneConfig, finetune
+    data = tmp_path / "faq.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a, "topic": t}) + "\n"
+                            for t, pairs in FAQ.items() for q, a in pairs))
+    finetune(FinetuneConfig(base=str(tiny_run), data=[str(data)], val_data=[str(data)], out=str(tmp_path / "lora"),
+                            prompt_field="question", completion_field="answer", ground_field="topic", lora=True,
+                            lora_targets=["q_proj", "v_proj"], max_steps=2, context=192, batch_size=4,
+                            progress=False, eval_batches=1, dtype="fp32"))
+    main(["merge", str(tmp_path / "lora"), "--out", str(tmp_path / "merged")])
+    merged = find_grounding(tmp_path / "merged")
+    assert merged is not None and merged.route(["Do you ship to Canada?"]) == ["shipping"]
 
 
 def test_missing_topic_names_file_and_line(tiny_run, tmp_path):

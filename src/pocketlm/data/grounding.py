@@ -65,6 +65,7 @@ class Grounding:
     coef: np.ndarray  # (classes, features) logistic-regression weights
     intercept: np.ndarray
     _known: object = field(default=None, repr=False)  # features of `prompts`, computed once
+    _by_label: dict = field(default_factory=dict, repr=False)  # topic -> indices of its entries
 
     @classmethod
     def fit(cls, prompts: list[str], answers: list[str], labels: list[str], seed: int = 0) -> Grounding:
@@ -92,23 +93,28 @@ class Grounding:
         return [self.classes[i] for i in np.asarray(scores).argmax(1)]
 
     def references(self, texts: list[str], labels: list[str] | None = None,
-                   exclude: list[int] | None = None) -> list[str]:
+                   exclude: list[int] | None = None, chunk: int = 512) -> list[str]:
         """For each text, the answer of the most similar known prompt within its topic (`labels`, or the
         routed topic). `exclude[i]` is an entry that text i must not get (itself, when it is a training
-        example); a topic with no other entry falls back to the most similar entry of any topic."""
+        example); a topic with no other entry falls back to the most similar entry of any topic.
+        Similarities are computed `chunk` texts at a time, so memory stays at chunk x known prompts."""
         labels = labels if labels is not None else self.route(texts)
         if self._known is None:
             self._known = self.features(self.prompts).T.tocsr()
-        sims = (self.features(texts) @ self._known).toarray()
-        known = np.asarray(self.labels)
+            self._by_label = {}
+            for i, label in enumerate(self.labels):
+                self._by_label.setdefault(label, []).append(i)
+            self._by_label = {k: np.asarray(v) for k, v in self._by_label.items()}
         out = []
-        for i, label in enumerate(labels):
-            row = sims[i]
-            if exclude is not None and exclude[i] is not None:
-                row[exclude[i]] = -np.inf
-            same = np.flatnonzero((known == label) & np.isfinite(row))
-            pick = same[row[same].argmax()] if len(same) else int(row.argmax())
-            out.append(self.answers[pick])
+        for start in range(0, len(texts), chunk):
+            sims = (self.features(texts[start:start + chunk]) @ self._known).toarray()
+            for row, i in zip(sims, range(start, start + len(sims)), strict=True):
+                if exclude is not None and exclude[i] is not None:
+                    row[exclude[i]] = -np.inf
+                same = self._by_label.get(labels[i], np.zeros(0, dtype=int))
+                same = same[np.isfinite(row[same])]
+                pick = same[row[same].argmax()] if len(same) else int(row.argmax())
+                out.append(self.answers[pick])
         return out
 
     def ground(self, messages: list[dict]) -> list[dict]:
