@@ -24,6 +24,22 @@ from common import REPO, machine, save_result  # noqa: E402
 SHOP = REPO / "examples" / "shop"
 
 
+def neighbours_on_training_questions(train: list[dict], held_out: int = 300, seed: int = 0) -> dict:
+    """Choose the number of neighbours without the held-out set: fit on all but `held_out` training
+    questions, and score each of those by the token F1 of its reference against its own answer."""
+    from pocketlm.data.grounding import Grounding
+    from pocketlm.evaluate.metrics import token_f1
+    dev = set(np.random.default_rng(seed).permutation(len(train))[:held_out].tolist())
+    rest = [t for i, t in enumerate(train) if i not in dev]
+    probe = [t for i, t in enumerate(train) if i in dev]
+    g = Grounding.fit([t["question"] for t in rest], [t["answer"] for t in rest], [t["fact"] for t in rest])
+    out = {}
+    for k in (1, 3, 5, 10):
+        refs = g.references([t["question"] for t in probe], neighbours=k)
+        out[str(k)] = round(float(np.mean([token_f1(r, t["answer"]) for r, t in zip(refs, probe, strict=True)])), 3)
+    return out
+
+
 def main():
     from pocketlm.data.grounding import Grounding
     train = [json.loads(line) for line in (SHOP / "faq.jsonl").open(encoding="utf-8")]
@@ -72,9 +88,15 @@ def main():
             "topic centroid": float(np.mean(by_centroid == facts)),
         },
         "answer_contains_the_fact": {
-            "reference: router, then nearest question of that topic": contains_key(refs),
+            "reference (shipped): router, then the answer its 5 nearest questions of that topic agree on":
+                contains_key(refs),
+            "router, then nearest question of that topic": contains_key(g.references(questions, neighbours=1)),
+            **{f"router, then the answer its {k} nearest questions agree on":
+               contains_key(g.references(questions, neighbours=k)) for k in (3, 10)},
             "nearest question of any topic": contains_key([g.answers[j] for j in order[:, 0]]),
         },
+        "neighbours_chosen_on_300_training_questions (token F1 of the reference against their own answer)":
+            neighbours_on_training_questions(train),
         "fit_seconds": round(fit_s, 2),
         "reference_ms_per_question": round(per_question_ms, 2),
     }

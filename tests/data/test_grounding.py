@@ -14,6 +14,7 @@ from pocketlm.data.grounding import (
     Grounding,
     find_grounding,
     ground_conversations,
+    reference_targets,
     with_reference,
 )
 from pocketlm.errors import UserError
@@ -47,6 +48,36 @@ def test_routes_new_phrasings_and_picks_the_closest_answer_of_the_topic():
     assert g.references(["Do you deliver to Canada?"]) == ["Yes, we ship to Canada for $22."]
     # a topic given explicitly wins over the router
     assert g.references(["Do you deliver to Canada?"], labels=["returns"])[0] in dict(FAQ["returns"]).values()
+
+
+def test_the_reference_is_the_answer_the_nearest_questions_agree_on():
+    warranty = [("How long is the kettle warranty?", "The kettle has a 2-year warranty."),
+                ("kettle warranty length in years", "2 years for the kettle."),
+                ("For how many years is the kettle guaranteed?", "The kettle is guaranteed for 2 years."),
+                ("Does the kettle warranty cover limescale?", "No, limescale is not covered by the warranty.")]
+    rows = [(q, a, t) for t, pairs in {**FAQ, "warranty": warranty}.items() for q, a in pairs]
+    g = Grounding.fit([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+    question = ["Does the kettle warranty cover a few years?"]
+    # the single most similar question is the limescale one; its neighbours agree on the 2 years
+    assert g.references(question, neighbours=1) == ["No, limescale is not covered by the warranty."]
+    assert g.references(question) == ["The kettle has a 2-year warranty."]
+
+
+def test_reference_targets_replace_the_given_fraction_of_grounded_answers():
+    grounded = [(f"f:{i}", [{"role": "system", "content": f"Be brief.\n{REFERENCE}ref {i}"},
+                            {"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": f"own {i}"}])
+                for i in range(400)]
+    plain = [("g:1", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])]
+    assert reference_targets(grounded + plain, 0.0) == grounded + plain
+    everything = reference_targets(grounded + plain, 1.0)
+    assert [m[-1]["content"] for _, m in everything[:-1]] == [f"ref {i}" for i in range(400)]
+    assert everything[-1] == plain[0]  # no reference, nothing to copy
+    assert all(m[:-1] == o[:-1] for (_, m), (_, o) in zip(everything, grounded, strict=False))  # prompts untouched
+    half = reference_targets(grounded, 0.5, seed=3)
+    copied = sum(m[-1]["content"].startswith("ref") for _, m in half)
+    assert 160 < copied < 240 and half == reference_targets(grounded, 0.5, seed=3)  # seeded
+    with pytest.raises(UserError, match="--ground-copy 1.5"):
+        reference_targets(grounded, 1.5)
 
 
 def test_training_examples_never_see_their_own_answer():

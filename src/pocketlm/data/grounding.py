@@ -8,9 +8,10 @@ bots work:
 
 1. each training example names its topic (`--ground-field`, e.g. the shop FAQ's `fact`);
 2. a TF-IDF + logistic-regression router (scikit-learn) learns question -> topic;
-3. the reference for a question is the answer of the most similar known question within its topic, and it
-   goes into the system message (`Reference: ...`); the model is fine-tuned to answer with it in view
-   (training examples get the nearest *other* example's answer, so they look like questions never seen);
+3. the reference for a question is the known answer of its topic that the answers of its most similar known
+   questions agree on (:meth:`Grounding.references`), and it goes into the system message
+   (`Reference: ...`); the model is fine-tuned to answer with it in view (training examples are left out
+   of their own reference, so they look like questions never seen);
 4. `pocketlm eval` and `pocketlm chat` find `grounding/` beside the model's weights and do the same.
 
 Saved as plain data (JSON + safetensors, no pickle), so a model directory stays safe to load.
@@ -19,6 +20,7 @@ Saved as plain data (JSON + safetensors, no pickle), so a model directory stays 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from pocketlm.fsutil import atomic_dir
 
 GROUNDING_DIR = "grounding"
 REFERENCE = "Reference: "
+NEIGHBOURS = 5  # known questions whose answers vote on the reference (see Grounding.references)
 _CHAR = {"analyzer": "char_wb", "ngram_range": (3, 5), "sublinear_tf": True}
 _WORD = {"analyzer": "word", "sublinear_tf": True}
 
@@ -39,6 +42,11 @@ def _vectorizer(params: dict, vocabulary: dict | None = None, idf=None):
     if idf is not None:
         vec.idf_ = np.asarray(idf, dtype=np.float64)
     return vec
+
+
+def _unit_rows(matrix):
+    from sklearn.preprocessing import normalize
+    return normalize(matrix.tocsr())
 
 
 def last_user(messages: list[dict]) -> str:
@@ -66,6 +74,7 @@ class Grounding:
     intercept: np.ndarray
     _known: object = field(default=None, repr=False)  # features of `prompts`, computed once
     _by_label: dict = field(default_factory=dict, repr=False)  # topic -> indices of its entries
+    _answer_features: object = field(default=None, repr=False)  # unit-length features of `answers`
 
     @classmethod
     def fit(cls, prompts: list[str], answers: list[str], labels: list[str], seed: int = 0) -> Grounding:
@@ -93,14 +102,20 @@ class Grounding:
         return [self.classes[i] for i in np.asarray(scores).argmax(1)]
 
     def references(self, texts: list[str], labels: list[str] | None = None,
-                   exclude: list[int] | None = None, chunk: int = 512) -> list[str]:
-        """For each text, the answer of the most similar known prompt within its topic (`labels`, or the
-        routed topic). `exclude[i]` is an entry that text i must not get (itself, when it is a training
-        example); a topic with no other entry falls back to the most similar entry of any topic.
-        Similarities are computed `chunk` texts at a time, so memory stays at chunk x known prompts."""
+                   exclude: list[int] | None = None, chunk: int = 512, neighbours: int = NEIGHBOURS) -> list[str]:
+        """For each text, the known answer of its topic (`labels`, or the routed topic) that best agrees with
+        the answers of its `neighbours` most similar known prompts of that topic: each candidate answer scores
+        the sum of its similarity to each neighbour's answer, weighted by that neighbour's similarity to the
+        text. One neighbour is plain nearest-neighbour; several pick the answer the close questions agree on,
+        which more often holds the detail asked about (on the shop FAQ the reference holds the fact for 97% of
+        held-out questions against 91% for the nearest question's answer).
+        `exclude[i]` is an entry that text i must not see (itself, when it is a training example); a topic
+        with no other entry falls back to the most similar entry of any topic. Similarities are computed
+        `chunk` texts at a time, so memory stays at chunk x known prompts."""
         labels = labels if labels is not None else self.route(texts)
         if self._known is None:
             self._known = self.features(self.prompts).T.tocsr()
+            self._answer_features = _unit_rows(self.features(self.answers))
             self._by_label = {}
             for i, label in enumerate(self.labels):
                 self._by_label.setdefault(label, []).append(i)
@@ -113,9 +128,18 @@ class Grounding:
                     row[exclude[i]] = -np.inf
                 same = self._by_label.get(labels[i], np.zeros(0, dtype=int))
                 same = same[np.isfinite(row[same])]
-                pick = same[row[same].argmax()] if len(same) else int(row.argmax())
-                out.append(self.answers[pick])
+                out.append(self.answers[self._consensus(same, row, neighbours) if len(same) else int(row.argmax())])
         return out
+
+    def _consensus(self, candidates: np.ndarray, sims: np.ndarray, neighbours: int) -> int:
+        """The candidate whose answer agrees most with the answers of the `neighbours` candidates most
+        similar to the question (`sims`), each weighted by that similarity."""
+        near = candidates[np.argsort(-sims[candidates], kind="stable")[:neighbours]]
+        if len(near) == 1 or sims[near[0]] <= 0:
+            return int(near[0])
+        answers = self._answer_features
+        agreement = (answers[candidates] @ answers[near].T).toarray() @ sims[near]
+        return int(candidates[agreement.argmax()])
 
     def ground(self, messages: list[dict]) -> list[dict]:
         """`messages` with the reference for the last user turn in view."""
@@ -178,3 +202,22 @@ def ground_conversations(train: list[tuple[str, list[dict]]], val: list[tuple[st
     val_refs = g.references([last_user(m) for _, m in val]) if val else []
     return ([(w, with_reference(m, r)) for (w, m), r in zip(train, refs, strict=True)],
             [(w, with_reference(m, r)) for (w, m), r in zip(val, val_refs, strict=True)], g)
+
+
+def reference_targets(convs: list[tuple[str, list[dict]]], fraction: float, seed: int = 0):
+    """Replace the answer of about `fraction` of the grounded conversations by their reference, so the model
+    learns that the reference is the answer to trust. Fine-tuned only on their own answers, which it can
+    recall from the question, small models learn to answer from memory and pass over the reference; on the
+    shop FAQ half the examples answering with their reference took the bot from 84% to 89-91% of held-out
+    questions with the right fact (docs/benchmarks.md)."""
+    if not 0 <= fraction <= 1:
+        raise UserError(f"--ground-copy {fraction}: give a fraction from 0 to 1")
+    rng = random.Random(seed + 1)
+    out = []
+    for where, messages in convs:
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+        at = system.rfind(REFERENCE)
+        if at >= 0 and messages[-1]["role"] == "assistant" and rng.random() < fraction:
+            messages = [*messages[:-1], {**messages[-1], "content": system[at + len(REFERENCE):]}]
+        out.append((where, messages))
+    return out

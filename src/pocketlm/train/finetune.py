@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pocketlm.config import field, to_dict
 from pocketlm.data.augment import augment
-from pocketlm.data.grounding import ground_conversations
+from pocketlm.data.grounding import ground_conversations, reference_targets
 from pocketlm.data.sft import SftFormat, encode_conversation, load_examples, pack
 from pocketlm.data.tokenizer import load_tokenizer
 from pocketlm.device import resolve_device
@@ -62,6 +62,8 @@ class FinetuneConfig(LoopConfig):
     ground_field: str | None = field(None, "record field naming each example's topic (e.g. fact): a router learns "
                                      "question -> topic and every answer is made with the closest known answer "
                                      "of that topic in view (see docs/finetune.md, grounded answers)")
+    ground_copy: float = field(0.5, "with --ground-field: fraction of training examples whose answer is replaced "
+                               "by their reference, so the model learns to trust it (0 = own answers only)")
     strict: bool = field(True, "stop at the first bad record (--no-strict skips it with a warning)")
     # fine-tuning defaults differ from pretraining
     lr: float | None = field(None, "peak learning rate (default: 1e-3 with --lora, 5e-5 otherwise)")
@@ -201,6 +203,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         train_convs, val_convs, grounding = ground_conversations(train_convs, val_convs, topics, cfg.seed)
     n_examples = len(train_convs)
     train_convs = augment(train_convs, cfg.augment, cfg.seed)
+    if grounding is not None:
+        train_convs = reference_targets(train_convs, cfg.ground_copy, cfg.seed)
     if not val_convs:
         raise UserError("no validation examples: give --val-data or a --val-fraction above 0 with 2+ examples")
     out_dir.mkdir(parents=True, exist_ok=True)
