@@ -208,16 +208,17 @@ def cmd_generate(ns):
 def cmd_chat(ns):
     from pocketlm.serve.engine import SamplingConfig
     opts, samp = from_namespace(ChatOptions, ns), from_namespace(SamplingConfig, ns)
+    from pocketlm.data.grounding import find_grounding
+    grounding = find_grounding(opts.model) if opts.ground else None
     if _is_gguf(opts.model):
         from pocketlm.serve.llamacpp import chat_gguf
-        chat_gguf(opts.model, samp, system=opts.system)
+        chat_gguf(opts.model, samp, system=opts.system, grounding=grounding)
         return
-    from pocketlm.data.grounding import find_grounding
     from pocketlm.device import resolve_device
     from pocketlm.model.io import load_model
     from pocketlm.serve.chat import chat_loop
     model, tokenizer = load_model(opts.model, dtype=_torch_dtype(opts.dtype), device=resolve_device(opts.device))
-    chat_loop(model, tokenizer, samp, system=opts.system, grounding=find_grounding(opts.model) if opts.ground else None)
+    chat_loop(model, tokenizer, samp, system=opts.system, grounding=grounding)
 
 
 def cmd_eval(ns):
@@ -271,6 +272,8 @@ def cmd_export(ns):
     opts = from_namespace(ExportOptions, ns)
     info = export_gguf(opts.model, opts.out, quant=opts.quant)
     print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB, {opts.quant})")
+    if info["grounding"]:
+        print(f"      {info['grounding']}/ (the bot's grounding: keep it beside the file; pocketlm chat uses it)")
     print(f"run it: pocketlm generate {info['path']} --prompt 'Hello'\n"
           f"    or: llama-completion -m {info['path']} -no-cnv -p 'Hello'   (llama.cpp; see docs/export.md for Ollama)")
 

@@ -213,3 +213,33 @@ def test_missing_topic_names_file_and_line(tiny_run, tmp_path):
 def test_no_grounding_for_paths_that_are_not_directories(tmp_path):
     assert find_grounding(tmp_path / "model.gguf") is None
     assert find_grounding("HuggingFaceTB/SmolLM2-135M-Instruct") is None
+
+
+def test_exported_gguf_carries_its_grounding_to_chat(tiny_run, tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'pocketlm[llamacpp]')")
+    import pocketlm.serve.chat as chat
+    from pocketlm.export.gguf import export_gguf
+    from pocketlm.serve.engine import SamplingConfig
+    from pocketlm.serve.llamacpp import chat_gguf, unload
+    from pocketlm.train.finetune import FinetuneConfig, finetune
+    data = tmp_path / "faq.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a, "topic": t}) + "\n"
+                            for t, pairs in FAQ.items() for q, a in pairs))
+    finetune(FinetuneConfig(base=str(tiny_run), data=[str(data)], val_data=[str(data)], out=str(tmp_path / "bot"),
+                            prompt_field="question", completion_field="answer", ground_field="topic", max_steps=2,
+                            context=192, batch_size=4, progress=False, eval_batches=1, dtype="fp32"))
+    info = export_gguf(tmp_path / "bot", tmp_path / "bot.gguf", quant="q8_0")
+    assert info["grounding"] == str(tmp_path / "bot.grounding")
+    g = find_grounding(tmp_path / "bot.gguf")
+    assert g is not None and g.route(["Do you ship to Canada?"]) == ["shipping"]
+    seen = {}
+    monkeypatch.setattr(chat, "repl", lambda fit, respond, context, system=None: seen.update(fit=fit))
+    try:
+        chat_gguf(info["path"], SamplingConfig(max_new_tokens=4), n_ctx=256, n_threads=1, grounding=g)
+        prompt, _ = seen["fit"]([{"role": "user", "content": "Do you deliver to Canada?"}])
+    finally:
+        unload()
+    assert REFERENCE + "Yes, we ship to Canada for $22." in prompt
+    # the same name exported again from a model without grounding: no stale grounding left beside it
+    assert export_gguf(tiny_run, tmp_path / "bot.gguf", quant="q8_0")["grounding"] is None
+    assert not (tmp_path / "bot.grounding").exists() and find_grounding(tmp_path / "bot.gguf") is None

@@ -146,8 +146,13 @@ class Grounding:
         return with_reference(messages, self.references([last_user(messages)])[0])
 
     def save(self, directory: str | Path) -> Path:
+        """Write `directory`/grounding/ (beside a model's weights); returns its path."""
+        return self.save_to(Path(directory) / GROUNDING_DIR)
+
+    def save_to(self, directory: str | Path) -> Path:
+        """Write the grounding into `directory` itself (replaced whole, atomically)."""
         from safetensors.numpy import save_file
-        directory = Path(directory) / GROUNDING_DIR
+        directory = Path(directory)
         with atomic_dir(directory) as tmp:
             meta = {"version": 1, "classes": self.classes,
                     "entries": [{"prompt": p, "answer": a, "label": t}
@@ -176,18 +181,34 @@ class Grounding:
                    list(meta["classes"]), arrays["coef"], arrays["intercept"])
 
 
-def find_grounding(model_path: str | Path) -> Grounding | None:
-    """The grounding saved with a model (a model or run directory): in the model's directory, or in the run
-    directory above it (a run's `checkpoint/` shares the run's grounding). None for a model fine-tuned
-    without it, or a path that is not a local directory (a GGUF file, a hub id)."""
+def sidecar(gguf_path: str | Path) -> Path:
+    """Where a GGUF file's grounding lives: `bot.gguf` -> `bot.grounding/` beside it (GGUF files carry
+    the weights and tokenizer only)."""
+    return Path(gguf_path).with_suffix(".grounding")
+
+
+def grounding_dir(model_path: str | Path) -> Path | None:
+    """The directory holding the grounding saved with a model: in the model's directory, in the run
+    directory above it (a run's `checkpoint/` shares the run's grounding), or beside a GGUF file
+    (:func:`sidecar`). None for a model fine-tuned without it, or a hub id."""
     from pocketlm.model.io import resolve_model_dir
-    if not Path(model_path).is_dir():
+    path = Path(model_path)
+    if path.is_file():
+        where = sidecar(path)
+        return where if (where / "grounding.json").is_file() else None
+    if not path.is_dir():
         return None
-    path = resolve_model_dir(model_path)
+    path = resolve_model_dir(path)
     for where in (path, path.parent):
         if (where / GROUNDING_DIR / "grounding.json").is_file():
-            return Grounding.load(where / GROUNDING_DIR)
+            return where / GROUNDING_DIR
     return None
+
+
+def find_grounding(model_path: str | Path) -> Grounding | None:
+    """The grounding saved with a model (see :func:`grounding_dir`), loaded; None when there is none."""
+    where = grounding_dir(model_path)
+    return Grounding.load(where) if where is not None else None
 
 
 def ground_conversations(train: list[tuple[str, list[dict]]], val: list[tuple[str, list[dict]]],

@@ -23,13 +23,16 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from pocketlm.data.grounding import grounding_dir, sidecar
 from pocketlm.errors import UserError
+from pocketlm.fsutil import atomic_dir
 
 QUANTS = ("f32", "f16", "q8_0")
 Q8_BLOCK = 32
@@ -70,8 +73,10 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "f16",
     """Convert the Hugging Face Llama model in `model_dir` (or a run directory) to a GGUF file.
 
     `quant` is one of f32, f16, q8_0. If `out_path` is an existing directory the file is written
-    into it as ``NAME-QUANT.gguf``. The file appears atomically. Returns a summary dict with
-    ``path``, ``bytes``, ``quant``, ``tensors`` (count), ``parameters``, ``name`` and ``tokenizer_pre``.
+    into it as ``NAME-QUANT.gguf``. The file appears atomically. A grounded bot's grounding (see
+    pocketlm.data.grounding) is copied beside it as ``NAME.grounding/``, where `pocketlm chat` and
+    `pocketlm eval` find it. Returns a summary dict with ``path``, ``bytes``, ``quant``, ``tensors``
+    (count), ``parameters``, ``name``, ``tokenizer_pre`` and ``grounding`` (its path or None).
     """
     import gguf  # imported lazily: the CLI should start fast
 
@@ -80,6 +85,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "f16",
     quant = quant.lower()
     if quant not in QUANTS:
         raise UserError(f"unknown GGUF quantisation {quant!r}; choose one of: {', '.join(QUANTS)}")
+    grounding = grounding_dir(model_dir)
     model_dir = resolve_model_dir(model_dir)
     config = _read_config(model_dir)
     hp = _hparams(config, model_dir)
@@ -100,6 +106,13 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "f16",
             writer.write_tensors_to_file()
         finally:
             writer.close()
+    side = sidecar(out_path)
+    if grounding is not None:
+        with atomic_dir(side) as tmp:
+            for f in grounding.iterdir():
+                shutil.copy2(f, tmp / f.name)
+    elif side.is_dir():  # left by an earlier export of a grounded model to this name
+        shutil.rmtree(side)
     return {
         "path": str(out_path),
         "bytes": out_path.stat().st_size,
@@ -108,6 +121,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "f16",
         "parameters": n_params,
         "name": name,
         "tokenizer_pre": vocab["pre"],
+        "grounding": str(side) if grounding is not None else None,
     }
 
 

@@ -78,14 +78,18 @@ def repl(fit, respond, context: int, system: str | None = None) -> None:
         messages.append({"role": "assistant", "content": "".join(reply).strip()})
 
 
+def announce(grounding) -> None:
+    if grounding is not None:
+        print(f"(answers grounded in {len(grounding.answers):,} known answers on {len(grounding.classes)} topics)",
+              file=sys.stderr)
+
+
 def chat_loop(model, tokenizer, cfg: SamplingConfig, system: str | None = None, grounding=None) -> None:
     """`grounding` (pocketlm.data.grounding.Grounding): each reply is made with the closest known answer
     to the latest question in view, as in fine-tuning with --ground-field."""
     context = getattr(model.config, "max_position_embeddings", 2048)
     stops = stop_token_ids(tokenizer)
-    if grounding is not None:
-        print(f"(answers grounded in {len(grounding.answers):,} known answers on {len(grounding.classes)} topics)",
-              file=sys.stderr)
+    announce(grounding)
 
     def fit(messages):
         shown = grounding.ground(messages) if grounding is not None else messages

@@ -213,13 +213,14 @@ def render_chat(path_or_llm, messages: list[dict], *, add_generation_prompt: boo
 
 
 def chat_gguf(path: str | Path, cfg, system: str | None = None, *, n_ctx: int = 0,
-              n_threads: int | None = None) -> None:
+              n_threads: int | None = None, grounding=None) -> None:
     """`pocketlm chat FILE.gguf`: a terminal conversation run by llama.cpp.
 
     `cfg` is a SamplingConfig. The oldest turns are dropped when the conversation outgrows the
-    context window; /reset clears it, /exit or Ctrl-D quits.
+    context window; /reset clears it, /exit or Ctrl-D quits. `grounding` (the `FILE.grounding/`
+    exported beside a grounded bot) puts the known answer for each new question in view.
     """
-    from pocketlm.serve.chat import repl
+    from pocketlm.serve.chat import announce, repl
 
     _check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
     llm = load_gguf(path, n_ctx=n_ctx, n_threads=n_threads)
@@ -232,8 +233,13 @@ def chat_gguf(path: str | Path, cfg, system: str | None = None, *, n_ctx: int = 
                              top_k=cfg.top_k, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty,
                              seed=cfg.seed, stop=list(cfg.stop), stream=True, n_ctx=n_ctx, n_threads=n_threads)
 
-    repl(fit=lambda messages: fit_chat(llm, messages, context, cfg.max_new_tokens, keep_system=bool(system)),
-         respond=respond, context=context, system=system)
+    announce(grounding)
+
+    def fit(messages):
+        shown = grounding.ground(messages) if grounding is not None else messages
+        return fit_chat(llm, shown, context, cfg.max_new_tokens, keep_system=bool(system) or grounding is not None)
+
+    repl(fit=fit, respond=respond, context=context, system=system)
 
 
 def fit_chat(llm, messages: list[dict], context: int, reserve: int, *,

@@ -116,6 +116,13 @@ def load_base(base: str, run_dir: Path):
     raise UserError(f"{base}: no such model directory or file")
 
 
+def _budget(cfg) -> str:
+    """How long the run goes, in the user's own terms (the first limit reached stops it)."""
+    limits = [f"{cfg.max_steps} steps" if cfg.max_steps else "", f"{cfg.max_tokens:,} tokens" if cfg.max_tokens else "",
+              f"{cfg.max_time}" if cfg.max_time else ""]
+    return "until " + " or ".join(x for x in limits if x) if any(limits) else "no limit"
+
+
 def _topic(record, name: str, where: str) -> str:
     value = record.get(name) if isinstance(record, dict) else None
     if value is None or not str(value).strip():
@@ -231,7 +238,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     print(f"fine-tuning {'LoRA ' if cfg.lora else ''}{trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters on "
           f"{n_examples} examples{f' + {len(train_convs) - n_examples} noisy copies' if cfg.augment else ''} "
           f"({len(train_rows)} packed rows of {cfg.context}), "
-          f"{len(val_convs)} for validation; {cfg.max_steps} steps", file=sys.stderr)
+          f"{len(val_convs)} for validation; {_budget(cfg)}", file=sys.stderr)
     best_dir = out_dir / "best" if cfg.keep_best else None
     summary = train(model, tokenizer, task, cfg, out_dir, best_dir=best_dir,
                     run_info={"kind": "finetune", "base": str(base_dir), "lora": cfg.lora})
