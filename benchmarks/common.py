@@ -14,7 +14,8 @@ import torch
 from pocketlm.device import cpu_has_bf16
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+# where results go; `run_all.py --quick` points this elsewhere so smoke runs never replace the real figures
+RESULTS = Path(os.environ.get("POCKETLM_BENCH_RESULTS") or REPO / "benchmarks" / "results")
 
 
 def shared_data() -> Path | None:
@@ -58,5 +59,7 @@ def matmul_peak_tflops(dtype: torch.dtype, n: int = 1024, seconds: float = 2.0, 
 def save_result(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # a crash never leaves half a result file
     return path
