@@ -50,5 +50,5 @@ base model:  $OUT/run/model           (a Hugging Face directory: transformers lo
 bot:         $OUT/bot/model           (loss curves: $OUT/bot/loss.png)
 GGUF:        $OUT/shop-bot-q8_0.gguf  (llama.cpp, Ollama; pocketlm chat grounds it with $OUT/shop-bot-q8_0.grounding/)
 try it:      .venv/bin/pocketlm chat $OUT/bot
-better bot:  .venv/bin/pocketlm run recipes/shop-faq.yaml   (longer training, ~8 minutes, ~92% right facts)
+better bot:  .venv/bin/pocketlm run recipes/shop-faq.yaml   (longer training, ~9 minutes, ~94% right facts)
 MSG
