@@ -145,12 +145,10 @@ def cmd_finetune(ns):
 def cmd_merge(ns):
     from pocketlm.model.io import load_model, save_model
     opts = from_namespace(MergeOptions, ns)
-    from pocketlm.data.grounding import find_grounding
+    from pocketlm.data.grounding import GROUNDING_DIR, copy_grounding
     model, tokenizer = load_model(opts.adapter)
     save_model(model, tokenizer, opts.out)
-    grounding = find_grounding(opts.adapter)
-    if grounding is not None:  # a grounded bot stays grounded once merged
-        grounding.save(opts.out)
+    copy_grounding(opts.adapter, Path(opts.out) / GROUNDING_DIR)  # a grounded bot stays grounded once merged
     print(f"wrote {opts.out}: a standalone model ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,6 +204,19 @@ def grounding_dir(model_path: str | Path) -> Path | None:
         if (where / GROUNDING_DIR / "grounding.json").is_file():
             return where / GROUNDING_DIR
     return None
+
+
+def copy_grounding(model_path: str | Path, dest: str | Path) -> Path | None:
+    """Copy the grounding saved with a model (see :func:`grounding_dir`) into `dest` (replaced whole,
+    atomically): a merged model's grounding/, an exported GGUF file's :func:`sidecar`. None when the
+    model has none."""
+    source = grounding_dir(model_path)
+    if source is None:
+        return None
+    with atomic_dir(dest) as tmp:
+        for f in source.iterdir():
+            shutil.copy2(f, tmp / f.name)
+    return Path(dest)
 
 
 def find_grounding(model_path: str | Path) -> Grounding | None:

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketlm.data.grounding import grounding_dir, sidecar
+from pocketlm.data.grounding import copy_grounding, sidecar
 from pocketlm.errors import UserError
-from pocketlm.fsutil import atomic_dir
 
 QUANTS = ("f32", "f16", "q8_0")
 Q8_BLOCK = 32
@@ -85,7 +84,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "f16",
     quant = quant.lower()
     if quant not in QUANTS:
         raise UserError(f"unknown GGUF quantisation {quant!r}; choose one of: {', '.join(QUANTS)}")
-    grounding = grounding_dir(model_dir)
+    source = model_dir
     model_dir = resolve_model_dir(model_dir)
     config = _read_config(model_dir)
     hp = _hparams(config, model_dir)
@@ -106,13 +105,9 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "f16",
             writer.write_tensors_to_file()
         finally:
             writer.close()
-    side = sidecar(out_path)
-    if grounding is not None:
-        with atomic_dir(side) as tmp:
-            for f in grounding.iterdir():
-                shutil.copy2(f, tmp / f.name)
-    elif side.is_dir():  # left by an earlier export of a grounded model to this name
-        shutil.rmtree(side)
+    grounding = copy_grounding(source, sidecar(out_path))
+    if grounding is None and sidecar(out_path).is_dir():  # left by an earlier export of a grounded model
+        shutil.rmtree(sidecar(out_path))
     return {
         "path": str(out_path),
         "bytes": out_path.stat().st_size,
@@ -121,7 +116,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "f16",
         "parameters": n_params,
         "name": name,
         "tokenizer_pre": vocab["pre"],
-        "grounding": str(side) if grounding is not None else None,
+        "grounding": str(grounding) if grounding is not None else None,
     }
 
 
