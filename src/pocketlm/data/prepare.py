@@ -3,7 +3,8 @@
 Three streaming passes keep memory bounded whatever the input size:
 
 1. read -> clean -> drop short documents -> exact and near-duplicate removal -> assign each kept
-   document to train or val by a hash of its text -> append it to a spool file in DATA_DIR;
+   document to train or val by a hash of its text -> append it to a spool file in DATA_DIR (a lone
+   document is cut in two instead, its end going to val);
 2. train a byte-level BPE tokenizer on (a sample of) the train documents, or load `--tokenizer`;
 3. encode the spool in batches (the tokenizer's Rust `encode_batch`, parallel) and append the ids,
    each document preceded by the document separator, to `train.bin` / `val.bin`.
@@ -57,6 +58,8 @@ _BATCH_CHARS = 2 << 20  # bounds the per-batch word lists of near-duplicate dete
 _MOVE_CANDIDATES = 8
 _ENCODE_DOCS = 2048
 _ENCODE_BYTES = 4 << 20  # ~1M ids as Python ints per batch
+# A lone document at least this long is cut in two so that validation gets its end (nanoGPT's 90/10 cut).
+MIN_TAIL_SPLIT_CHARS = 2_000
 
 
 @dataclass
@@ -71,7 +74,8 @@ class PrepareConfig:
     tokenizer: str | None = field(None, help="reuse this tokenizer instead of training one: a Hugging Face "
                                              "model or tokenizer folder, or a prepared DATA_DIR", metavar="DIR")
     val_fraction: float = field(0.05, help="fraction of documents held out for validation, chosen by a hash of "
-                                           "each document (at least one when there are two or more)")
+                                           "each document (at least one when there are two or more; a single "
+                                           "document gives about this fraction of its end)")
     min_chars: int = field(16, help="drop documents shorter than this many characters after cleaning")
     normalize: str = field("NFC", help="Unicode normalisation of the text; NFKC also folds compatibility "
                                        "characters (ligatures, full-width forms)", choices=NORMALIZE_CHOICES)
@@ -174,6 +178,20 @@ def _resolve_tokenizer(path: str) -> PreTrainedTokenizerBase:
 
 def _fraction(key: bytes) -> float:
     return int.from_bytes(key[:8], "little") / 2.0**64
+
+
+def _cut_tail(text: str, fraction: float) -> tuple[str, str]:
+    """Cut `text` in two so that the second part is about `fraction` of it: at the blank line nearest
+    that point, else the line break, else the space, within half the tail's length of it. The
+    separator itself is dropped (the document separator token takes its place)."""
+    target = min(max(1, round(len(text) * (1 - fraction))), len(text) - 1)
+    reach = (len(text) - target) // 2
+    for sep in ("\n\n", "\n", " "):
+        found = [p for p in (text.rfind(sep, target - reach, target), text.find(sep, target, target + reach)) if p > 0]
+        if found:
+            p = min(found, key=lambda p: abs(p - target))
+            return text[:p], text[p + len(sep):]
+    return text[:target], text[target:]
 
 
 def _emit(message: str) -> None:
@@ -306,6 +324,19 @@ def _run(cfg, out, work, files, reporter, template, reused, progress, t_start) -
 
     if docs["kept"] == 0:
         raise UserError(_nothing_left(docs, cfg, files_read, reporter))
+
+    # One document (a single small file, say) cannot be split by document: its end becomes the
+    # validation split, as nanoGPT cuts a text 90/10. The spool is rewritten with the two parts.
+    val_is_tail = docs["kept"] == 1 and cfg.val_fraction > 0 and sum(split_chars) >= MIN_TAIL_SPLIT_CHARS
+    if val_is_tail:
+        [(_, _, key, data)] = spool.read()
+        parts = _cut_tail(data.decode("utf-8"), cfg.val_fraction)
+        spool = _Spool(work / "tail.spool")
+        for split, text in zip((TRAIN, VAL), parts, strict=True):
+            raw = text.encode("utf-8")
+            spool.write(split, key, raw)
+            split_docs[split], split_bytes[split], split_chars[split] = 1, len(raw), len(text)
+        spool.close()
 
     # At least one validation document when there are two or more (val_fraction > 0), and always at
     # least one training document. If a split is empty, one of the documents whose hash lies nearest
@@ -447,6 +478,7 @@ def _run(cfg, out, work, files, reporter, template, reused, progress, t_start) -
         "problems": reporter.problems,
         "documents": {**docs, "long_documents_cut": opts.cuts},
         "splits": splits,
+        "val_is_tail": val_is_tail,
         "bytes_per_token": round(sum(split_bytes) / total_tokens, 4) if total_tokens else None,
         "unknown_tokens": unknown,
         "tokenizer": tok_stats,
@@ -490,9 +522,12 @@ def _nothing_left(docs: dict, cfg: PrepareConfig, files_read: int, reporter: Rep
 def _warn_small_val(stats: dict, cfg: PrepareConfig, reporter: Reporter) -> None:
     if cfg.val_fraction <= 0:
         return
+    if stats["val_is_tail"]:
+        return  # the summary says so
     val, total = stats["splits"]["val"], stats["documents"]["kept"]
     if total == 1:
-        reporter.note("only one document: the validation split is empty. Use --doc-boundary blank or line "
+        reporter.note(f"only one document: the validation split is empty (a lone document is cut for validation "
+                      f"only from {MIN_TAIL_SPLIT_CHARS:,} characters). Use --doc-boundary blank or line "
                       "to make more, smaller documents from a single text")
     elif total < 20:
         share = val["bytes"] / max(1, sum(s["bytes"] for s in stats["splits"].values()))
@@ -531,6 +566,9 @@ def summary(stats: dict) -> str:
     for name in SPLITS:
         lines.append(f"  {name + ':':6} {s[name]['documents']:>10,} documents {s[name]['tokens']:>14,} tokens "
                      f"{_fmt_bytes(s[name]['bytes']):>10}")
+    if stats.get("val_is_tail"):
+        share = s["val"]["bytes"] / max(1, s["train"]["bytes"] + s["val"]["bytes"])
+        lines.append(f"  one document: its last {share:.0%} held out for validation")
     bpt = stats["bytes_per_token"]
     lines.append(f"  tokenizer: {tok_line}" + (f", {bpt:.2f} bytes/token" if bpt else "")
                  + f"; {stats['seconds']['total']:.1f} s")
