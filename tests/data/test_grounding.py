@@ -243,3 +243,16 @@ def test_exported_gguf_carries_its_grounding_to_chat(tiny_run, tmp_path, monkeyp
     # the same name exported again from a model without grounding: no stale grounding left beside it
     assert export_gguf(tiny_run, tmp_path / "bot.gguf", quant="q8_0")["grounding"] is None
     assert not (tmp_path / "bot.grounding").exists() and find_grounding(tmp_path / "bot.gguf") is None
+
+
+def test_fitting_and_loading_raise_no_library_warnings(tmp_path):
+    """A raw scikit-learn warning (with a path inside the installed package) must never reach a user."""
+    import warnings
+
+    from pocketlm.data.grounding import Grounding
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = Grounding.fit(["how do i pay", "pay by card?", "opening hours", "when do you open"],
+                          ["By card.", "By card.", "9 to 5.", "9 to 5."], ["pay", "pay", "hours", "hours"])
+        g.save(tmp_path)
+        assert Grounding.load(tmp_path / "grounding").route(["can i pay with visa"]) == ["pay"]

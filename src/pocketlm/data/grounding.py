@@ -33,7 +33,7 @@ from pocketlm.fsutil import atomic_dir
 GROUNDING_DIR = "grounding"
 REFERENCE = "Reference: "
 NEIGHBOURS = 5  # known questions whose answers vote on the reference (see Grounding.references)
-_CHAR = {"analyzer": "char_wb", "ngram_range": (3, 5), "sublinear_tf": True}
+_CHAR = {"analyzer": "char_wb", "ngram_range": (3, 5), "sublinear_tf": True, "token_pattern": None}
 _WORD = {"analyzer": "word", "sublinear_tf": True}
 
 

@@ -177,9 +177,11 @@ class RowBatches:
 
 def build_rows(tokenizer, convs, context: int, pad_id: int, seed: int, label: str) -> list[dict]:
     examples = [encode_conversation(tokenizer, messages) for _, messages in convs]
-    too_long = sum(1 for ids, _ in examples if len(ids) > context)
+    lengths = [len(ids) for ids, _ in examples]
+    too_long = sum(1 for n in lengths if n > context)
     if too_long:
-        print(f"warning: {too_long} {label} example(s) longer than --context {context} tokens were left out",
+        print(f"warning: {too_long} of {len(examples)} {label} examples are longer than --context {context} tokens "
+              f"(the longest has {max(lengths)}) and were left out; --context {max(lengths)} keeps them all",
               file=sys.stderr)
     rows = pack(examples, context, pad_id, seed=seed)
     if not rows:
