@@ -28,6 +28,7 @@ BENCHMARKS = {
     "prepare_memory": (["--mb", "200"], ["--mb", "20"]),
     "lora_throughput": (["--examples", "256"], ["--examples", "32"]),
     "time_to_quality": (["--budget", "600"], ["--budget", "60"]),
+    "bot_faq": (["--modes", "extract"], ["--modes", "extract", "--limit", "5", "--name", "quick"]),
 }
 
 

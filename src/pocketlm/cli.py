@@ -27,6 +27,7 @@ stages:
   compare   several models on one task, side by side
   report    one self-contained HTML page about a run
   run       a recipe: a task end to end from one YAML file
+  bot       a support bot from your own FAQ and documents (retrieval + a small model)
   generate  complete a prompt (a model directory or a .gguf file)
   chat      talk to a model in the terminal
   export    write a GGUF file for llama.cpp and Ollama
@@ -167,6 +168,17 @@ def _is_gguf(path: str) -> bool:
     return path.lower().endswith(".gguf") or is_gguf(path)
 
 
+def cmd_bot(ns):
+    from pocketlm.bot.build import BotBuildConfig, build_bot
+    cfg = _config_from(BotBuildConfig, ns)
+    s = build_bot(cfg)
+    print(f"\nbot ready in {s['seconds']:.0f} s: {s['faq_entries']} FAQ entries, {s['passages'] - s['faq_entries']} "
+          f"document passages\n"
+          f"talk to it:  pocketlm chat {cfg.out}\n"
+          f"score it:    pocketlm eval {cfg.out} --task facts --data QUESTIONS.jsonl --prompt-field question "
+          "--completion-field answer --key-field key")
+
+
 def cmd_generate(ns):
     from pocketlm.serve.engine import SamplingConfig
     opts, samp = from_namespace(GenerateOptions, ns), from_namespace(SamplingConfig, ns)
@@ -206,7 +218,12 @@ def cmd_generate(ns):
 def cmd_chat(ns):
     from pocketlm.serve.engine import SamplingConfig
     opts, samp = from_namespace(ChatOptions, ns), from_namespace(SamplingConfig, ns)
+    from pocketlm.bot.answer import is_bot
     from pocketlm.data.grounding import find_grounding
+    if is_bot(opts.model):
+        from pocketlm.bot.chat import chat_bot
+        chat_bot(opts.model)
+        return
     grounding = find_grounding(opts.model) if opts.ground else None
     if _is_gguf(opts.model):
         from pocketlm.serve.llamacpp import chat_gguf
@@ -220,10 +237,20 @@ def cmd_chat(ns):
 
 
 def cmd_eval(ns):
+    from pocketlm.bot.answer import is_bot
     from pocketlm.device import resolve_device
     from pocketlm.model.io import load_model
     opts = from_namespace(EvalOptions, ns)
     task_opts = from_namespace(TaskOptions, ns)
+    if is_bot(opts.model):
+        from pocketlm.bot.answer import Bot
+        from pocketlm.bot.evaluate import evaluate_bot, format_bot_results
+        from pocketlm.evaluate.tasks import save_results
+        result = evaluate_bot(Bot(opts.model), opts.data, task_opts)
+        path = Path(task_opts.save) if task_opts.save else Path(opts.model) / "evals" / f"facts-{Path(opts.data).stem}.json"
+        save_results(result, path)
+        print(json.dumps(result) if opts.json else format_bot_results(result) + f"\nresults: {path}")
+        return
     model, tokenizer = load_model(opts.model, device=resolve_device(opts.device))
     if task_opts.task:
         from pocketlm.evaluate.tasks import default_save_path, evaluate_task, format_results, save_results
@@ -293,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    from pocketlm.bot.build import BotBuildConfig
     from pocketlm.data.prepare import PrepareConfig
     from pocketlm.serve.engine import SamplingConfig
     from pocketlm.train.finetune import FinetuneConfig
@@ -332,6 +360,8 @@ Only assistant tokens are trained on; the best validation checkpoint becomes OUT
   pocketlm eval runs/bot --task facts --data examples/shop/faq_heldout.jsonl \\
       --prompt-field question --completion-field answer
   pocketlm eval runs/intents --task classification --data test.csv --prompt-field text --completion-field category
+  pocketlm eval runs/mybot --task facts --data questions.jsonl --prompt-field question --key-field key
+      (a `pocketlm bot` run: an empty key means the bot should decline; reports both rates)
 tasks: qa (exact match, token F1), summarization (ROUGE-L), translation (chrF, BLEU), classification
 (accuracy, macro-F1; decoding constrained to the labels), commands (JSON validity, intent accuracy, slot F1;
 decoding constrained to valid JSON), facts (share of answers containing the expected key fact).""")
@@ -339,6 +369,15 @@ decoding constrained to valid JSON), facts (share of answers containing the expe
              "examples).", cmd_report)
     r.add_argument("run_dir", metavar="RUN_DIR", help="a pretrain or finetune run directory")
     r.add_argument("--out", default=None, help="write the page here instead of RUN_DIR/report.html")
+    verb("bot", "Build a support bot from your own FAQ and documents: retrieval that understands meaning, "
+         "a small model that picks among close candidates, answers that cite their source, and 'I don't know' "
+         "when your data does not say.",
+         cmd_bot, BotBuildConfig, recipe=True, epilog="""examples:
+  pocketlm bot --faq faq.jsonl --out runs/mybot
+  pocketlm bot --faq export.csv --question-field Title --answer-field Body --docs manual/ --out runs/mybot
+  pocketlm bot --faq faq.jsonl --model none --out runs/lookup     # answers with the retrieved text itself
+then: pocketlm chat runs/mybot, or pocketlm eval runs/mybot --task facts --data questions.jsonl --key-field key
+(a question with an empty key expects the bot to decline). See docs/bot.md.""")
     r = verb("run", "Run a recipe end to end: data -> base or pretrain -> fine-tune -> evaluate -> report.", cmd_run,
              epilog="""examples:
   pocketlm run recipes/shop-faq.yaml

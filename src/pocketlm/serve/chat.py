@@ -35,14 +35,14 @@ def fit_conversation(tokenizer, messages: list[dict], context: int, reserve: int
     return list(ids), dropped
 
 
-def repl(fit, respond, context: int, system: str | None = None) -> None:
-    """The terminal conversation shared by every engine.
+def repl(fit, respond, context: int, system: str | None = None, name: str = "model",
+         greeting: str = "Chat with the model.") -> None:
+    """The terminal conversation shared by every engine (and `pocketlm chat BOT_RUN`).
 
     `fit(messages) -> (prompt, messages dropped)` keeps the conversation within the context window;
     `respond(prompt) -> iterator of text pieces` streams the reply."""
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
-    print("Chat with the model. Commands: /reset clears the conversation, /exit (or Ctrl-D) quits.",
-          file=sys.stderr)
+    print(f"{greeting} Commands: /reset clears the conversation, /exit (or Ctrl-D) quits.", file=sys.stderr)
     while True:
         try:
             user = input("\nyou> ")
@@ -66,7 +66,7 @@ def repl(fit, respond, context: int, system: str | None = None) -> None:
             del messages[start:start + dropped]
             print(f"(the conversation is longer than the {context}-token context window: "
                   f"dropped the {dropped} oldest message(s))", file=sys.stderr)
-        print("model> ", end="", flush=True)
+        print(f"{name}> ", end="", flush=True)
         reply = []
         try:
             for piece in respond(prompt):

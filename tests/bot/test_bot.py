@@ -1,0 +1,109 @@
+"""`pocketlm bot` end to end with real models: build, answer with citations, decline, score, chat."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pocketlm.bot.answer import EXCERPT_CHARS, Bot
+from pocketlm.bot.build import BotBuildConfig, build_bot
+from pocketlm.cli import main
+from pocketlm.errors import UserError
+
+FAQ = [
+    {"id": "password", "q": "How do I reset my password?",
+     "a": "Click 'Forgot password' on the sign-in page. We email you a reset link that works for 24 hours."},
+    {"id": "hours", "q": "What are your opening hours?", "a": "We are open 9 am to 5 pm, Monday to Friday."},
+    {"id": "returns", "q": "Can I return an item?", "a": "Returns are accepted within 30 days with the receipt."},
+    {"id": "shipping", "q": "Do you ship abroad?",
+     "a": "We ship to 40 countries. International delivery takes 5-10 working days."},
+    {"id": "cancel", "q": "How do I cancel my subscription?",
+     "a": "Go to Account > Plan and choose Cancel. You keep access until the end of the billing period."},
+    {"id": "invoice", "q": "Where can I find my invoices?", "a": "Invoices are under Account > Billing as PDFs."},
+]
+LONG = {"id": "care", "q": "How should I care for the wooden table?",
+        "a": "\n\n".join([f"Section {i}: wipe the table with a dry cloth and keep it out of direct sunlight." for i in
+                          range(40)] + ["Oil the table with linseed oil twice a year."])}
+
+
+def write_faq(path: Path, entries) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def bot_run(tmp_path_factory, embedder):
+    tmp = tmp_path_factory.mktemp("bot")
+    faq = write_faq(tmp / "faq.jsonl", FAQ + [LONG])
+    build_bot(BotBuildConfig(faq=[str(faq)], out=str(tmp / "run"), question_field="q", answer_field="a",
+                             model="none"), progress=False)
+    return tmp / "run"
+
+
+def test_answers_carry_the_fact_and_the_citation(bot_run):
+    bot = Bot(bot_run)
+    a = bot.answer("i forgot my login, how long is the reset email valid")
+    assert not a.declined and "24 hours" in a.text and a.citations == ["password"]  # the entry's own id
+    assert "(source: " in a.shown()
+    deep = bot.answer("what oil do i use on the wooden table")  # the detail is 3,000 characters in
+    assert "linseed oil" in deep.text and len(deep.text) <= EXCERPT_CHARS  # the excerpt, not the whole answer
+
+
+def test_off_topic_questions_are_declined_with_nearest_topics(bot_run):
+    bot = Bot(bot_run)
+    for q in ["what's the capital of peru", "how do I bake sourdough bread"]:
+        a = bot.answer(q)
+        assert a.declined and a.text.startswith("I don't know") and "Topics I can help with:" in a.text
+        assert not a.citations
+    info = json.loads((bot_run / "bot.json").read_text())
+    assert 0 < info["threshold"]["threshold"] < 1 and info["threshold"]["questions"] == 7  # chosen on the data
+
+
+def test_eval_reports_facts_and_abstention(bot_run, tmp_path, capsys):
+    questions = write_faq(tmp_path / "q.jsonl", [
+        {"question": "how many days do i have to send something back", "answer": "30 days", "key": "30 days"},
+        {"question": "r u open on monday mornings?", "answer": "from 9 am", "key": "9 am"},
+        {"question": "which countries do you deliver to? how long does it take", "answer": "5-10", "key": "5-10"},
+        {"question": "how do I train a dragon", "answer": "", "key": ""},
+    ])
+    rc = main(["eval", str(bot_run), "--task", "facts", "--data", str(questions), "--prompt-field", "question",
+               "--completion-field", "answer", "--key-field", "key", "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["answerable"] == 3 and result["unanswerable"] == 1
+    assert result["metrics"]["abstention"] == 1.0
+    assert result["metrics"]["fact_accuracy"] >= 2 / 3
+    assert "retrieval_fact_accuracy" in result["metrics"] and result["latency"]["p50_s"] > 0
+    assert (bot_run / "evals" / "facts-q.json").is_file()
+
+
+def test_bad_faq_and_missing_inputs_are_named(tmp_path):
+    faq = write_faq(tmp_path / "faq.jsonl", [{"question": "Hi?", "answer": "Hello."}, {"question": "Empty?"}])
+    with pytest.raises(UserError, match=r"faq.jsonl:2: no text in field 'answer'"):
+        build_bot(BotBuildConfig(faq=[str(faq)], out=str(tmp_path / "r"), model="none"), progress=False)
+    with pytest.raises(UserError, match="--faq FILE and/or --docs"):
+        build_bot(BotBuildConfig(out=str(tmp_path / "r"), model="none"), progress=False)
+
+
+def test_cli_build_and_chat_with_documents(tmp_path, embedder):
+    """The verb as a user runs it: an FAQ plus a Markdown manual, then a piped chat that cites a section."""
+    faq = write_faq(tmp_path / "faq.jsonl", [{"question": e["q"], "answer": e["a"]} for e in FAQ])
+    docs = tmp_path / "manual"
+    docs.mkdir()
+    (docs / "setup.md").write_text("# Router manual\n\n## Wi-Fi\n\n### Changing the channel\n\nOpen 192.168.1.1, "
+                                   "then Wireless > Channel, and pick channel 6 or 11.\n", encoding="utf-8")
+    run = tmp_path / "run"
+    env = {"HF_HUB_OFFLINE": "1", "PATH": str(Path(sys.executable).parent)}
+    out = subprocess.run([sys.executable, "-m", "pocketlm", "bot", "--faq", str(faq), "--docs", str(docs),
+                          "--out", str(run), "--model", "none"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "1 document passages" in out.stdout and "pocketlm chat" in out.stdout
+    chat = subprocess.run([sys.executable, "-m", "pocketlm", "chat", str(run)], input="how do i change the wifi "
+                          "channel on the router\n/exit\n", capture_output=True, text=True, env=env, timeout=300)
+    assert chat.returncode == 0, chat.stderr
+    assert "channel 6 or 11" in chat.stdout and "setup.md > Wi-Fi > Changing the channel" in chat.stdout
+    assert "Warning" not in chat.stderr and "Traceback" not in chat.stderr
