@@ -75,6 +75,9 @@ class Embedder:
 
     @property
     def name(self) -> str:
+        """all-MiniLM-L6-v2 for the default model (its wheel keeps it in a folder named `model`)."""
+        if self.model_dir.name == "model" and self.model_dir.parent.name == DEFAULT_PACKAGE:
+            return "all-MiniLM-L6-v2"
         return self.model_dir.name
 
     def encode(self, texts: list[str]) -> np.ndarray:
