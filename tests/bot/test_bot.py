@@ -107,3 +107,11 @@ def test_cli_build_and_chat_with_documents(tmp_path, embedder):
     assert chat.returncode == 0, chat.stderr
     assert "channel 6 or 11" in chat.stdout and "setup.md > Wi-Fi > Changing the channel" in chat.stdout
     assert "Warning" not in chat.stderr and "Traceback" not in chat.stderr
+
+
+def test_a_tiny_faq_still_declines_off_topic_questions(tmp_path, embedder):
+    faq = write_faq(tmp_path / "faq.jsonl", [{"question": e["q"], "answer": e["a"]} for e in FAQ[:2]])
+    build_bot(BotBuildConfig(faq=[str(faq)], out=str(tmp_path / "run"), model="none"), progress=False)
+    bot = Bot(tmp_path / "run")
+    assert bot.answer("what's the capital of peru").declined
+    assert "9 am" in bot.answer("when do you open").text

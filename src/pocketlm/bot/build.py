@@ -26,6 +26,7 @@ from pocketlm.config import field
 from pocketlm.errors import UserError
 from pocketlm.fsutil import atomic_write_json
 
+OFF_TOPIC = 0.3  # below this a question is off-topic: 92-100% of off-topic questions on three real FAQs
 LEAVE_OUT_DECLINED = 0.25  # the threshold declines this share of leave-one-out questions (see choose_threshold)
 
 
@@ -79,7 +80,8 @@ def choose_threshold(index, declined: float = LEAVE_OUT_DECLINED) -> dict:
     of answerable ones (docs/benchmarks.md, own-FAQ section). `declined` moves along that trade-off."""
     titled = [i for i, p in enumerate(index.passages) if p.title]
     if len(titled) < 4:
-        return {"threshold": 0.0, "why": "too few entries to choose a threshold on (under 4): never declines"}
+        return {"threshold": OFF_TOPIC, "why": "too few entries to choose a threshold on (under 4): declines only "
+                                              "questions far from every entry (off-topic ones)"}
     vectors = index.embedding_model.encode([index.passages[i].title for i in titled])
     left_out = np.asarray([index.dense_scores(vectors[row:row + 1], skip=index.owner == i)[0].max()
                            for row, i in enumerate(titled)])
