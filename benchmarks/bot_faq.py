@@ -39,6 +39,7 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/bench/bot")
     ap.add_argument("--id-field", default="id")
     ap.add_argument("--modes", default="extract,generate", help="answer modes to score")
+    ap.add_argument("--group-field", default=None, help="as pocketlm bot --group-field")
     ap.add_argument("--rerank", type=int, default=3)
     ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--limit", type=int, default=None, help="score only the first N questions of each kind")
@@ -51,7 +52,7 @@ def main(argv=None):
     run = Path(args.out) / args.name
     t0 = time.perf_counter()
     summary = build_bot(BotBuildConfig(faq=[args.faq], out=str(run), id_field=args.id_field,
-                                                threshold=args.threshold), progress=False)
+                                                threshold=args.threshold, group_field=args.group_field), progress=False)
     build_s = time.perf_counter() - t0
     questions = [json.loads(line) for line in Path(args.questions).read_text(encoding="utf-8").splitlines() if line]
     for q in questions:  # a plain key file (the shop's held-out questions) has no kind and no entry

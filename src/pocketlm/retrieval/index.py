@@ -42,6 +42,7 @@ class Passage:
     text: str  # the answer, or the passage's text
     source: str  # where it came from: file and line, or file and section
     kind: str = "faq"  # faq or doc
+    group: str = ""  # entries with the same non-empty group answer the same question (other phrasings)
 
     def cite(self) -> str:
         """The FAQ entry's id (its file and line when it has none), or the document's file and section."""
