@@ -44,7 +44,7 @@ step "7/8 chat with the grounded bot through llama.cpp"
 printf '%s' "$QUESTIONS" | pocketlm chat "$OUT/shop-bot-q8_0.gguf" --temperature 0 --max-new-tokens 64 2>/dev/null
 
 step "8/8 the same FAQ as a retrieval bot: no training, answers cite their entry, declines what it does not cover"
-pocketlm bot --faq "$SHOP/faq.jsonl" --out "$OUT/faqbot"
+pocketlm bot --faq "$SHOP/faq.jsonl" --group-field fact --out "$OUT/faqbot"
 printf '%s' $'Is Amex OK at the till?\nWhat is the capital of Peru?\n' | pocketlm chat "$OUT/faqbot" 2>/dev/null
 
 step "done in $(( $(date +%s) - t0 )) s"
