@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from pocketlm.fsutil import atomic_dir
 GROUNDING_DIR = "grounding"
 REFERENCE = "Reference: "
 NEIGHBOURS = 5  # known questions whose answers vote on the reference (see Grounding.references)
-_CHAR = {"analyzer": "char_wb", "ngram_range": (3, 5), "sublinear_tf": True, "token_pattern": None}
+_CHAR = {"analyzer": "char_wb", "ngram_range": (3, 5), "sublinear_tf": True}
 _WORD = {"analyzer": "word", "sublinear_tf": True}
 
 
@@ -84,7 +85,11 @@ class Grounding:
             raise UserError("grounding needs examples of at least two topics (--ground-field values)")
         char, word = _vectorizer(_CHAR).fit(prompts), _vectorizer(_WORD).fit(prompts)
         g = cls(list(prompts), list(answers), list(labels), char, word, [], np.zeros(0), np.zeros(0))
-        clf = LogisticRegression(C=100.0, max_iter=3000, random_state=seed).fit(g.features(prompts), labels)
+        with warnings.catch_warnings():
+            # one topic per FAQ entry is how grounding is meant to be used on a plain FAQ; scikit-learn's
+            # "more than 50% unique classes, could be regression" guess means nothing here
+            warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+            clf = LogisticRegression(C=100.0, max_iter=3000, random_state=seed).fit(g.features(prompts), labels)
         g.classes = [str(c) for c in clf.classes_]
         g.coef = np.ascontiguousarray(clf.coef_, dtype=np.float32)  # sklearn's may be column-major
         g.intercept = np.ascontiguousarray(clf.intercept_, dtype=np.float32)
