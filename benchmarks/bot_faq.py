@@ -34,6 +34,8 @@ from pocketlm.evaluate.metrics import contains_key  # noqa: E402
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faq", help="the FAQ file (default: the Python FAQ from ../shared/data)")
+    ap.add_argument("--docs", nargs="+", help="build from these documents instead of an FAQ (the questions' "
+                    "`entry` is then found in a passage's heading path)")
     ap.add_argument("--questions", default=str(Path(__file__).resolve().parent / "questions" / "python_faq.jsonl"))
     ap.add_argument("--name", default="python_faq")
     ap.add_argument("--out", default="runs/bench/bot")
@@ -44,14 +46,14 @@ def main(argv=None):
     ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--limit", type=int, default=None, help="score only the first N questions of each kind")
     args = ap.parse_args(argv)
-    if args.faq is None:
+    if args.faq is None and not args.docs:
         data = shared_data()
         if data is None:
             ap.error("no --faq given and ../shared/data (or $POCKETLM_DATA) not found")
         args.faq = str(data / "python_docs" / "python_faq_qa.json")
     run = Path(args.out) / args.name
     t0 = time.perf_counter()
-    summary = build_bot(BotBuildConfig(faq=[args.faq], out=str(run), id_field=args.id_field,
+    summary = build_bot(BotBuildConfig(faq=[args.faq] if not args.docs else [], docs=args.docs or [], out=str(run), id_field=args.id_field,
                                                 threshold=args.threshold, group_field=args.group_field), progress=False)
     build_s = time.perf_counter() - t0
     questions = [json.loads(line) for line in Path(args.questions).read_text(encoding="utf-8").splitlines() if line]
@@ -71,6 +73,8 @@ def main(argv=None):
         titles.setdefault(p.title, []).append(i)
 
     def target(q):
+        if args.docs:
+            return {i for i, p in enumerate(index.passages) if q["entry"] and q["entry"] in p.title}
         return set(titles.get(q["entry"], [])) | ({ids[q["entry"]]} if q["entry"] in ids else set())
 
     texts = [q["question"] for q in questions]
@@ -123,7 +127,7 @@ def main(argv=None):
         res["misses"] = [r for r in rows if not r["ok"]][:15]
         modes[mode] = res
         print(f"{mode}: " + ", ".join(f"{k} {v}" for k, v in res.items() if k != "misses"), file=sys.stderr)
-    result = {"faq": args.faq, "questions": args.questions, "counts": {k: sum(q["kind"] == k for q in questions)
+    result = {"faq": args.faq, "docs": args.docs, "questions": args.questions, "counts": {k: sum(q["kind"] == k for q in questions)
                                                                      for k in kinds},
               "build_seconds": round(build_s, 1), "threshold": summary["threshold"], "retrieval": retrieval,
               "bot": modes, "threshold_curve": curve}

@@ -34,8 +34,10 @@ Set `colour = blue` in widget.conf.
 
 MANUAL_HTML = """<html><head><title>Widget FAQ</title><style>p {color: red}</style></head><body>
 <nav>Home | Docs</nav>
+<div class="related" role="navigation"><ul><li>index</li><li>next |</li></ul></div>
+<div class="sphinxsidebar"><div><h3>Table of Contents</h3><ul><li>Billing</li><li>Phone</li></ul></div></div>
 <h1>Widget FAQ</h1>
-<h2>Billing</h2><p>Invoices are sent on the 1st of each month.</p>
+<h2><a class="toc-backref" href="#b">Billing</a></h2><p>Invoices are sent on the 1st of each month.</p>
 <h2>Support</h2><h3>Phone</h3><p>Call us on 555-0100 between 9 and 5.</p>
 <pre>widget --support
   --verbose</pre>
@@ -62,7 +64,9 @@ def test_html_title_sections_and_skipped_markup(tmp_path):
     assert passages["Widget FAQ > Billing"].text == "Invoices are sent on the 1st of each month."
     phone = passages["Widget FAQ > Support > Phone"]
     assert "555-0100" in phone.text and "widget --support\n  --verbose" in phone.text
-    assert not any("color: red" in p.text or "Home | Docs" in p.text for p in passages.values())
+    assert not any("color: red" in p.text or "Home | Docs" in p.text or "next |" in p.text
+                   or "Table of Contents" in p.title for p in passages.values())  # navigation left out
+    assert len(passages) == 2
 
 
 def test_long_sections_are_cut_into_passages_at_block_ends():

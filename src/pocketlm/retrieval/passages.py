@@ -79,7 +79,12 @@ def _markdown_blocks(text: str) -> tuple[str | None, list[Block]]:
 
 class _HtmlBlocks(HTMLParser):
     BLOCK = {"p", "li", "dd", "dt", "pre", "tr", "blockquote", "div", "section", "article", "table", "br"}
-    SKIP = {"script", "style", "nav", "header", "footer", "noscript", "template"}
+    SKIP = {"script", "style", "nav", "header", "footer", "noscript", "template", "aside"}
+    CONTAINERS = {"div", "ul", "ol", "section", "table", "form"}  # never a link: a heading's own anchor stays
+    # navigation by class, id or role: sidebars, tables of contents, breadcrumbs (Sphinx's "sphinxsidebar" and
+    # "related" bars list every page and section, and would match every question)
+    NAV = re.compile(r"\b(nav\w*|navigation|sidebar|sphinxsidebar\w*|related|toc\w*|menu\w*|breadcrumbs?|footer|header)\b",
+                     re.IGNORECASE)
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -91,6 +96,8 @@ class _HtmlBlocks(HTMLParser):
         self._heading_text: list[str] = []
         self._in_title = False
         self._skip = 0
+        self._skip_tag: str | None = None  # the element being skipped as navigation, and its nesting depth
+        self._skip_depth = 0
         self._pre = 0
 
     def _flush(self):
@@ -101,6 +108,14 @@ class _HtmlBlocks(HTMLParser):
         self._buf = []
 
     def handle_starttag(self, tag, attrs):
+        if self._skip_tag is not None:
+            self._skip_depth += tag == self._skip_tag
+            return
+        marks = " ".join(v or "" for k, v in attrs if k in ("class", "id", "role"))
+        if marks and tag in self.CONTAINERS and self.NAV.search(marks):
+            self._flush()
+            self._skip_tag, self._skip_depth = tag, 1
+            return
         if tag in self.SKIP:
             self._skip += 1
         elif tag == "title":
@@ -115,6 +130,11 @@ class _HtmlBlocks(HTMLParser):
             self._flush()
 
     def handle_endtag(self, tag):
+        if self._skip_tag is not None:
+            self._skip_depth -= tag == self._skip_tag
+            if self._skip_depth <= 0:
+                self._skip_tag = None
+            return
         if tag in self.SKIP:
             self._skip = max(0, self._skip - 1)
         elif tag == "title":
@@ -134,7 +154,7 @@ class _HtmlBlocks(HTMLParser):
             self._flush()
 
     def handle_data(self, data):
-        if self._skip:
+        if self._skip or self._skip_tag is not None:
             return
         if self._in_title:
             self.title = (self.title or "") + data.strip() if self.title is None else self.title
