@@ -140,3 +140,26 @@ def test_phrasings_of_one_answer_are_left_out_together(tmp_path, embedder):
     with pytest.raises(UserError, match=r"faq.jsonl:1: no value in field 'fact' \(--group-field\)"):
         build_bot(BotBuildConfig(faq=[str(faq)], out=str(tmp_path / "c"), model="none", group_field="fact"),
                   progress=False)
+
+
+def test_a_documents_only_bot_leaves_whole_sections_out_when_choosing_its_threshold(tmp_path, embedder):
+    """Passages of one section share its heading: leaving one out alone would find its siblings and set a
+    threshold that declines answerable questions."""
+    docs = tmp_path / "manual"
+    docs.mkdir()
+    sections = {"Installing on Linux": "Run sudo apt install widget, then widget --init.",
+                "Changing the colour": "Set colour = blue in widget.conf and restart.",
+                "Backing up": "widget backup --to /mnt/usb copies every setting.",
+                "Licences": "Widget is free software under the MIT licence.",
+                "Uninstalling": "Run sudo apt remove widget; your settings stay in ~/.widget."}
+    text = "# Widget manual\n\n" + "".join(
+        f"## {h}\n\n" + "\n\n".join(f"{body} (note {n}: " + "more words about it " * 20 + ")" for n in range(3)) + "\n\n"
+        for h, body in sections.items())
+    (docs / "manual.md").write_text(text, encoding="utf-8")
+    summary = build_bot(BotBuildConfig(docs=[str(docs)], out=str(tmp_path / "run"), model="none", passage_chars=500),
+                        progress=False)
+    assert summary["passages"] > len(sections) and summary["threshold"]["questions"] == len(sections)
+    bot = Bot(tmp_path / "run")
+    a = bot.answer("how do I make a backup of my widget settings")
+    assert not a.declined and "/mnt/usb" in a.text and a.citations == ["manual.md > Backing up"]
+    assert bot.answer("what's the capital of peru").declined

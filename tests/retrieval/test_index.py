@@ -59,3 +59,17 @@ def test_embeddings_do_not_depend_on_the_batch(embedder):
     batched = embedder.encode(["a much longer text that forces padding of the short one " * 3, "short text"])
     np.testing.assert_allclose(alone[0], batched[1], atol=1e-5)
     assert abs(np.linalg.norm(alone[0]) - 1) < 1e-5
+
+
+def test_an_index_whose_custom_embedder_is_gone_says_so(embedder, tmp_path):
+    import json
+
+    import pytest
+
+    from pocketlm.errors import UserError
+    Index.build(passages(), embedder).save(tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    meta["embedder"] = str(tmp_path / "my-own-embedder")
+    (tmp_path / "idx" / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="embedding model it was built with is gone"):
+        Index.load(tmp_path / "idx")

@@ -78,16 +78,25 @@ def choose_threshold(index, declined: float = LEAVE_OUT_DECLINED) -> dict:
     title) is searched with its own entry taken out, so its best remaining similarity is what an unanswered
     question on a neighbouring subject scores. These are the hardest negatives there are (the FAQ's
     neighbouring entries were written to sit side by side; an entry's other phrasings, named by
-    --group-field, are left out with it), so a threshold that declines only a quarter of
+    --group-field, and all passages of a document section are left out with it), so a threshold that declines only a quarter of
     them still declines most real unanswerable questions: on the Python FAQ, 25% of the left-out questions
     maps to 74% of in-domain questions it does not answer and all off-topic ones, while keeping about 90%
     of answerable ones (docs/benchmarks.md, own-FAQ section). `declined` moves along that trade-off."""
-    titled = [i for i, p in enumerate(index.passages) if p.title]
+    # what is left out together: an FAQ entry with its other phrasings (--group-field); a document section
+    # with every passage under the same heading path (they answer the same heading)
+    groups = np.asarray([p.group or (f"doc\0{p.title}" if p.kind == "doc" else f"\0{i}")
+                         for i, p in enumerate(index.passages)], dtype=object)
+    first: dict[str, int] = {}
+    for i, p in enumerate(index.passages):
+        if p.title:
+            first.setdefault(groups[i], i)
+    titled = list(first.values())  # one question per group: its title
     if len(titled) < 4:
         return {"threshold": OFF_TOPIC, "why": "too few entries to choose a threshold on (under 4): declines only "
                                               "questions far from every entry (off-topic ones)"}
-    vectors = index.embedding_model.encode([index.passages[i].title for i in titled])
-    groups = np.asarray([p.group or f"\0{i}" for i, p in enumerate(index.passages)], dtype=object)
+    # a section is asked by its own heading, as a user would ask it, not by the page title above it (which every
+    # passage of the page shares, and which would make every left-out section look answered)
+    vectors = index.embedding_model.encode([index.passages[i].title.split(" > ")[-1] for i in titled])
     left_out = np.asarray([index.dense_scores(vectors[row:row + 1], skip=groups[index.owner] == groups[i])[0].max()
                            for row, i in enumerate(titled)])
     threshold = float(np.quantile(left_out, declined))

@@ -157,9 +157,12 @@ class Index:
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"{directory}: unreadable retrieval index ({e})") from None
         embedder = meta["embedder"]
-        if not Path(embedder).exists():  # moved machines: the default model is found again where installed
-            from pocketlm.retrieval.embed import default_model_dir
-            embedder = str(default_model_dir())
+        if not Path(embedder).exists():
+            from pocketlm.retrieval.embed import DEFAULT_PACKAGE, default_model_dir
+            if DEFAULT_PACKAGE not in Path(embedder).parts:  # another model's vectors must not be compared
+                raise UserError(f"{directory}: the embedding model it was built with is gone ({embedder}); "
+                                "put it back or build the bot again")
+            embedder = str(default_model_dir())  # the default model, installed somewhere else on this machine
         return cls([Passage(**p) for p in meta["passages"]], list(meta["keys"]),
                    np.asarray(meta["owner"], dtype=np.int64), vectors, embedder, float(meta["threshold"]),
                    dict(meta.get("settings", {})))
