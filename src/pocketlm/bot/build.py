@@ -86,11 +86,11 @@ def choose_threshold(index, declined: float = LEAVE_OUT_DECLINED) -> dict:
     # with every passage under the same heading path (they answer the same heading)
     groups = np.asarray([p.group or (f"doc\0{p.title}" if p.kind == "doc" else f"\0{i}")
                          for i, p in enumerate(index.passages)], dtype=object)
-    first: dict[str, int] = {}
+    first: dict[tuple, int] = {}
     for i, p in enumerate(index.passages):
         if p.title:
-            first.setdefault(groups[i], i)
-    titled = list(first.values())  # one question per group: its title
+            first.setdefault((groups[i], p.title), i)
+    titled = list(first.values())  # each distinct question once (a section's passages share one heading)
     if len(titled) < 4:
         return {"threshold": OFF_TOPIC, "why": "too few entries to choose a threshold on (under 4): declines only "
                                               "questions far from every entry (off-topic ones)"}
