@@ -50,3 +50,35 @@ def test_missing_positional_is_named_as_an_argument_not_a_flag(capsys):
     assert main(["prepare", "--out", "somewhere"]) == 2
     err = capsys.readouterr().err
     assert "INPUTS" in err and "--inputs" not in err
+
+
+@pytest.mark.parametrize("line, message", [
+    ("lr: [0.001]", r"lr: \[0.001\] is not a number"),
+    ("batch_size: 16.5", "batch-size: 16.5 is not a whole number"),
+    ("schedule: linear", "schedule: 'linear' is not one of cosine, wsd, constant"),
+    ("compile: maybe", "compile: 'maybe' is not true or false"),
+])
+def test_a_wrong_value_in_yaml_is_one_line_naming_the_key(tmp_path, line, message):
+    y = tmp_path / "run.yaml"
+    y.write_text(f"data: d\nout: o\nmax_steps: 5\n{line}\n")
+    with pytest.raises(UserError, match=message) as e:
+        load_yaml(PretrainConfig, y)
+    assert str(y) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_yaml_values_are_converted_to_the_field_types(tmp_path):
+    # YAML 1.1 reads 3e-4 (no dot) as a string; it reached torch's AdamW as one and failed with a TypeError
+    y = tmp_path / "run.yaml"
+    y.write_text("data: d\nout: o\nlr: 3e-4\nbatch_size: '16'\nmax_time: 600\ncompile: 'false'\n")
+    cfg = load_yaml(PretrainConfig, y)
+    assert (cfg.lr, cfg.batch_size, cfg.max_time, cfg.compile) == (3e-4, 16, "600", False)
+    assert isinstance(cfg.lr, float) and isinstance(cfg.batch_size, int)
+
+
+def test_the_cli_reports_a_bad_yaml_value_without_a_traceback(tmp_path, capsys):
+    from pocketlm.cli import main
+    y = tmp_path / "run.yaml"
+    y.write_text(f"data: {tmp_path}\nout: {tmp_path / 'o'}\nmax_steps: [1, 2]\n")
+    assert main(["pretrain", "--config", str(y)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "max-steps: [1, 2] is not a whole number" in err and "Traceback" not in err and len(err.splitlines()) == 1

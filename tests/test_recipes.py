@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pocketlm.errors import UserError
-from pocketlm.recipes import load_recipe, parse_sets, run_recipe
+from pocketlm.recipes import check_steps, load_recipe, parse_sets, run_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,6 +42,20 @@ def test_shipped_recipes_parse():
     for name in names:
         _, steps = load_recipe(REPO / "recipes" / f"{name}.yaml", {})
         assert steps and all("${" not in json.dumps(options) for _, options in steps), name
+        check_steps(name, steps)  # every key is an option of its verb, every value of the option's type
+
+
+def test_a_recipe_is_checked_whole_before_its_first_step_runs(tmp_path):
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TINY.format(out=out, shop=REPO / "examples" / "shop").replace("eval_batches: 2", "eval_batchez: 2"))
+    with pytest.raises(UserError, match=r"step 2 \(pretrain\): unknown option\(s\) eval_batchez"):
+        run_recipe(recipe, {})
+    assert not out.exists()  # found before prepare ran
+    recipe.write_text(TINY.format(out=out, shop=REPO / "examples" / "shop"))
+    with pytest.raises(UserError, match=r"step 2 \(pretrain\): max-steps: 'ten' is not a whole number"):
+        run_recipe(recipe, {"steps": "ten"})
+    assert not out.exists()
 
 
 def test_tiny_recipe_runs_end_to_end_and_skips_finished_steps(tmp_path, capsys):

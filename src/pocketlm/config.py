@@ -91,6 +91,10 @@ def from_namespace(cls: type[T], ns: argparse.Namespace, base: T | None = None) 
 
 
 def make(cls: type[T], values: dict, source: str = "config") -> T:
+    """Build `cls` from `values` (a YAML file's, a recipe step's or the parsed flags), converted to the field
+    types and checked: `lr: 3e-4` (YAML reads it as a string), `batch_size: "16"` and a single path where a
+    list is due are converted; a list where a number is due, or a value outside a field's choices, is a
+    one-line error naming the key and `source`."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -102,7 +106,50 @@ def make(cls: type[T], values: dict, source: str = "config") -> T:
         positional = {f.name for f in dataclasses.fields(cls) if f.metadata.get("positional")}
         flags = ", ".join(m.upper() if m in positional else "--" + m.replace("_", "-") for m in missing)
         raise UserError(f"{source}: missing required option(s) {flags}")
-    return cls(**values)
+    return _validated(cls, values, source)
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _validated(cls: type[T], values: dict, source: str) -> T:
+    """`values` converted to `cls`'s field types by pydantic (lax mode: "3e-4" is a float, "16" an int, 600 a
+    string where one is due), with choices checked."""
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+    hints = typing.get_type_hints(cls)
+    values = dict(values)
+    for f in dataclasses.fields(cls):  # one path where a list of them is due: `faq: my.csv`
+        tp, _ = _base_type(hints[f.name])
+        if typing.get_origin(tp) is list and isinstance(values.get(f.name), str | Path):
+            values[f.name] = [values[f.name]]
+    if "__pydantic_config__" not in cls.__dict__:
+        cls.__pydantic_config__ = ConfigDict(coerce_numbers_to_str=True, arbitrary_types_allowed=True)
+    try:
+        cfg = TypeAdapter(cls).validate_python(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(part) for part in err["loc"])
+        want = _describe(hints.get(err["loc"][0])) if err["loc"] and err["loc"][0] in hints else ""
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise UserError(f"{source}: {_key(key)}: {err['input']!r} is not {want or 'valid'} "
+                        f"({err['msg'].lower()}){more}") from None
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value is not None and value not in choices:
+            raise UserError(f"{source}: {_key(f.name)}: {value!r} is not one of {', '.join(map(str, choices))}")
+    return cfg
+
+
+def _describe(tp: Any) -> str:
+    tp, optional = _base_type(tp)
+    if typing.get_origin(tp) is list:
+        text = f"a list of {_describe(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+    else:
+        text = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+                Path: "a path"}.get(tp, getattr(tp, "__name__", str(tp)))
+    return text + (" (or null)" if optional else "")
 
 
 def load_yaml(cls: type[T], path: str | Path) -> T:

@@ -165,8 +165,43 @@ def run_step(verb: str, options: dict, where: str) -> str:
     raise AssertionError(verb)
 
 
+# the steps that have no config class of their own: their keys
+PLAIN_STEPS = {"split": {"input", "out", "test_fraction", "seed", "limit", "columns", "group_by"},
+               "snips": {"input", "out", "test_fraction", "seed", "augment"},
+               "report": {"run"}}
+
+
+def check_steps(recipe_path: str, steps: list[tuple[str, dict]]) -> None:
+    """Every step's options checked against its verb's config (names and types) before the first step runs,
+    so a misspelt key or a wrong value in step 5 is found now, not after an hour of pretraining."""
+    for i, (verb, options) in enumerate(steps, 1):
+        where = f"{recipe_path} step {i} ({verb})"
+        options = _typed(options)
+        if verb in PLAIN_STEPS:
+            unknown = sorted(set(options) - PLAIN_STEPS[verb])
+            if unknown:
+                raise UserError(f"{where}: unknown option(s) {', '.join(unknown)}; known: "
+                                f"{', '.join(sorted(PLAIN_STEPS[verb]))}")
+        elif verb == "prepare":
+            from pocketlm.data.prepare import PrepareConfig
+            make(PrepareConfig, options, where)
+        elif verb == "pretrain":
+            from pocketlm.train.pretrain import PretrainConfig
+            make(PretrainConfig, options, where)
+        elif verb == "finetune":
+            from pocketlm.train.finetune import FinetuneConfig
+            make(FinetuneConfig, options, where)
+        elif verb == "eval":
+            from pocketlm.evaluate.tasks import TaskOptions
+            for key in ("model", "data"):
+                if key not in options:
+                    raise UserError(f"{where}: missing required option {key}")
+            make(TaskOptions, {k: v for k, v in options.items() if k not in ("model", "data", "device")}, where)
+
+
 def run_recipe(path: str | Path, overrides: dict[str, str]) -> None:
     recipe, steps = load_recipe(path, overrides)
+    check_steps(recipe["path"], steps)
     print(f"recipe {recipe['path']}: {recipe.get('description', '').strip()}", file=sys.stderr)
     t0 = time.time()
     for i, (verb, options) in enumerate(steps, 1):
