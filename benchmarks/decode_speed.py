@@ -3,7 +3,7 @@ exported GGUF (f16, q8_0), for a ~12M and a ~100M model, all in one run on the s
 
 Weights are random (speed does not depend on them); every engine produces exactly --tokens new tokens
 after the same 16-token prompt, greedy, end-of-sequence ignored. pocketlm runs twice per precision: with
-its lean Llama forward (serve/fastpath.py, the default) and with transformers' forward in the same loop
+its lean Llama forward (inference/fastpath.py, the default) and with transformers' forward in the same loop
 (POCKETLM_FASTPATH=0), so the gain of each part shows.
 
     python benchmarks/decode_speed.py
@@ -57,9 +57,9 @@ def main():
     from transformers import LlamaForCausalLM
 
     from pocketlm.export.gguf import export_gguf
+    from pocketlm.inference.engine import SamplingConfig, generate_ids
     from pocketlm.model.io import save_model
     from pocketlm.model.presets import get_preset, llama_config
-    from pocketlm.serve.engine import SamplingConfig, generate_ids
     rows = []
     for preset, vocab in MODELS:
         tok = tokenizer_for(vocab, args.cache)

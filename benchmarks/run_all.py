@@ -29,6 +29,7 @@ BENCHMARKS = {
     "lora_throughput": (["--examples", "256"], ["--examples", "32"]),
     "time_to_quality": (["--budget", "600"], ["--budget", "60"]),
     "bot_faq": (["--modes", "extract"], ["--modes", "extract", "--limit", "5", "--name", "quick"]),
+    "cli_startup": ([], ["--repeat", "1"]),
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from pocketlm import __version__
 from pocketlm.config import add_arguments, field, from_namespace, load_yaml
 from pocketlm.errors import UserError
-from pocketlm.evaluate.tasks import TaskOptions
+from pocketlm.evaluate.options import TaskOptions
 
 DESCRIPTION = """\
 pocketlm turns your own text into a small language model, on your own machine, offline.
@@ -99,6 +99,22 @@ def _torch_dtype(name: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def _is_main_process() -> bool:
+    """False in the processes other than rank 0 of a torchrun launch (they print nothing)."""
+    from pocketlm.train import distributed
+    return distributed.current().main
+
+
+def _print_error(e: Exception) -> None:
+    """One line on stderr. Under torchrun every rank meets the same error: rank 0 says it, and so does the first
+    rank of each other machine (its files or devices may be what is wrong there), naming itself."""
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if rank == 0:
+        print(f"error: {e}", file=sys.stderr)
+    elif local == 0 and int(os.environ.get("LOCAL_WORLD_SIZE", "1")) < int(os.environ.get("WORLD_SIZE", "1")):
+        print(f"error (rank {rank}): {e}", file=sys.stderr)
+
+
 def _config_from(cls, ns):
     base = load_yaml(cls, ns.config) if getattr(ns, "config", None) else None
     return from_namespace(cls, ns, base)  # flags given on the command line win over the YAML file
@@ -124,6 +140,8 @@ def cmd_models(ns):
 def cmd_pretrain(ns):
     from pocketlm.train.pretrain import PretrainConfig, pretrain
     s = pretrain(_config_from(PretrainConfig, ns))
+    if not _is_main_process():
+        return
     print(f"\ntrained {s['step']} steps, {s['tokens']:,} tokens in {s['elapsed']:.0f} s "
           f"({s['tokens_per_s']:,.0f} tokens/s, {s['dtype']}{', compiled' if s['compile'] else ''}); "
           f"validation loss {s.get('val_loss', float('nan')):.4f}")
@@ -135,6 +153,8 @@ def cmd_pretrain(ns):
 def cmd_finetune(ns):
     from pocketlm.train.finetune import FinetuneConfig, finetune
     s = finetune(_config_from(FinetuneConfig, ns))
+    if not _is_main_process():
+        return
     print(f"\nfine-tuned {s['step']} steps, {s['tokens']:,} tokens in {s['elapsed']:.0f} s "
           f"({s['tokens_per_s']:,.0f} tokens/s, {s['dtype']}); validation loss {s.get('val_loss', float('nan')):.4f}")
     if s["stopped"] == "interrupted":
@@ -164,7 +184,7 @@ def cmd_run(ns):
 
 
 def _is_gguf(path: str) -> bool:
-    from pocketlm.serve.llamacpp import is_gguf
+    from pocketlm.inference.llamacpp import is_gguf
     return path.lower().endswith(".gguf") or is_gguf(path)
 
 
@@ -180,7 +200,7 @@ def cmd_bot(ns):
 
 
 def cmd_generate(ns):
-    from pocketlm.serve.engine import SamplingConfig
+    from pocketlm.inference.options import SamplingConfig
     opts, samp = from_namespace(GenerateOptions, ns), from_namespace(SamplingConfig, ns)
     prompts = opts.prompt
     if not prompts and not sys.stdin.isatty():
@@ -188,7 +208,7 @@ def cmd_generate(ns):
     if not prompts:
         raise UserError("give a prompt with --prompt TEXT (or pipe text in)")
     if _is_gguf(opts.model):
-        from pocketlm.serve.llamacpp import generate_gguf
+        from pocketlm.inference.llamacpp import generate_gguf
         for prompt in prompts:
             print(prompt, end="", flush=True)
             for piece in generate_gguf(opts.model, prompt, max_new_tokens=samp.max_new_tokens,
@@ -200,8 +220,8 @@ def cmd_generate(ns):
         return
     from pocketlm.data.tokenizer import stop_token_ids
     from pocketlm.device import resolve_device
+    from pocketlm.inference.engine import stream_text
     from pocketlm.model.io import load_model
-    from pocketlm.serve.engine import stream_text
     model, tokenizer = load_model(opts.model, dtype=_torch_dtype(opts.dtype), device=resolve_device(opts.device))
     for prompt in prompts:
         ids = tokenizer.encode(prompt, add_special_tokens=True)
@@ -216,7 +236,7 @@ def cmd_generate(ns):
 
 
 def cmd_chat(ns):
-    from pocketlm.serve.engine import SamplingConfig
+    from pocketlm.inference.options import SamplingConfig
     opts, samp = from_namespace(ChatOptions, ns), from_namespace(SamplingConfig, ns)
     from pocketlm.bot.answer import is_bot
     from pocketlm.data.grounding import find_grounding
@@ -226,7 +246,7 @@ def cmd_chat(ns):
         return
     grounding = find_grounding(opts.model) if opts.ground else None
     if _is_gguf(opts.model):
-        from pocketlm.serve.llamacpp import chat_gguf
+        from pocketlm.inference.llamacpp import chat_gguf
         chat_gguf(opts.model, samp, system=opts.system, grounding=grounding)
         return
     from pocketlm.device import resolve_device
@@ -321,10 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     from pocketlm.bot.build import BotBuildConfig
-    from pocketlm.data.prepare import PrepareConfig
-    from pocketlm.serve.engine import SamplingConfig
-    from pocketlm.train.finetune import FinetuneConfig
-    from pocketlm.train.pretrain import PretrainConfig
+    from pocketlm.data.options import PrepareConfig
+    from pocketlm.inference.options import SamplingConfig
+    from pocketlm.train.options import FinetuneConfig, PretrainConfig
     del fmt
     verb("prepare", "Clean, de-duplicate and tokenize text into train/val token shards.", cmd_prepare,
          PrepareConfig, recipe=True, epilog="""examples:
@@ -403,13 +422,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ns.func(ns)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _print_error(e)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        if "pocketlm.train.distributed" in sys.modules:  # a torchrun launch leaves its process group cleanly
+            sys.modules["pocketlm.train.distributed"].teardown()
     return 0
 
 

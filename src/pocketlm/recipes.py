@@ -183,16 +183,16 @@ def check_steps(recipe_path: str, steps: list[tuple[str, dict]]) -> None:
                 raise UserError(f"{where}: unknown option(s) {', '.join(unknown)}; known: "
                                 f"{', '.join(sorted(PLAIN_STEPS[verb]))}")
         elif verb == "prepare":
-            from pocketlm.data.prepare import PrepareConfig
+            from pocketlm.data.options import PrepareConfig
             make(PrepareConfig, options, where)
         elif verb == "pretrain":
-            from pocketlm.train.pretrain import PretrainConfig
+            from pocketlm.train.options import PretrainConfig
             make(PretrainConfig, options, where)
         elif verb == "finetune":
-            from pocketlm.train.finetune import FinetuneConfig
+            from pocketlm.train.options import FinetuneConfig
             make(FinetuneConfig, options, where)
         elif verb == "eval":
-            from pocketlm.evaluate.tasks import TaskOptions
+            from pocketlm.evaluate.options import TaskOptions
             for key in ("model", "data"):
                 if key not in options:
                     raise UserError(f"{where}: missing required option {key}")

@@ -149,8 +149,8 @@ def test_ground_conversations_uses_gold_topics_for_training_and_the_router_for_v
 
 def test_finetune_saves_the_grounding_and_eval_uses_it(tiny_run, tmp_path, monkeypatch):
     from pocketlm.evaluate.tasks import TaskOptions, evaluate_task
+    from pocketlm.inference.engine import SamplingConfig
     from pocketlm.model.io import load_model
-    from pocketlm.serve.engine import SamplingConfig
     from pocketlm.train.finetune import FinetuneConfig, finetune
     data = tmp_path / "faq.jsonl"
     data.write_text("".join(json.dumps({"question": q, "answer": a, "topic": t}) + "\n"
@@ -219,8 +219,8 @@ def test_exported_gguf_carries_its_grounding_to_chat(tiny_run, tmp_path, monkeyp
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'pocketlm[llamacpp]')")
     import pocketlm.serve.chat as chat
     from pocketlm.export.gguf import export_gguf
-    from pocketlm.serve.engine import SamplingConfig
-    from pocketlm.serve.llamacpp import chat_gguf, unload
+    from pocketlm.inference.engine import SamplingConfig
+    from pocketlm.inference.llamacpp import chat_gguf, unload
     from pocketlm.train.finetune import FinetuneConfig, finetune
     data = tmp_path / "faq.jsonl"
     data.write_text("".join(json.dumps({"question": q, "answer": a, "topic": t}) + "\n"

@@ -85,7 +85,7 @@ def hf_greedy(hf, corpus_prompts):
 
 def _agreement(path, hf_greedy, prompts) -> tuple[int, int, int]:
     """(prompts matching all N_NEW tokens, matching prefix tokens, total tokens)."""
-    from pocketlm.serve.llamacpp import greedy_token_ids
+    from pocketlm.inference.llamacpp import greedy_token_ids
 
     exact = matched = 0
     for prompt in prompts:
@@ -99,7 +99,7 @@ def _agreement(path, hf_greedy, prompts) -> tuple[int, int, int]:
 
 
 def test_loads_in_llama_cpp(llama_cpp, gguf_files, hf):
-    from pocketlm.serve.llamacpp import load_gguf
+    from pocketlm.inference.llamacpp import load_gguf
 
     _, tok = hf
     for info in gguf_files.values():
@@ -110,7 +110,7 @@ def test_loads_in_llama_cpp(llama_cpp, gguf_files, hf):
 
 
 def test_tokenization_matches_transformers(llama_cpp, gguf_files, hf):
-    from pocketlm.serve.llamacpp import tokenize_gguf
+    from pocketlm.inference.llamacpp import tokenize_gguf
 
     _, tok = hf
     path = gguf_files["f32"]["path"]
@@ -125,7 +125,7 @@ def test_tokenization_matches_transformers(llama_cpp, gguf_files, hf):
 
 
 def test_detokenization_matches_transformers(llama_cpp, gguf_files, hf):
-    from pocketlm.serve.llamacpp import load_gguf
+    from pocketlm.inference.llamacpp import load_gguf
 
     _, tok = hf
     llm = load_gguf(gguf_files["f32"]["path"], n_ctx=256, n_threads=1)
@@ -176,7 +176,7 @@ def _hf_greedy_text(hf, prompt: str, n: int) -> str:
 
 
 def test_generate_greedy_text(llama_cpp, gguf_files, hf, corpus_prompts):
-    from pocketlm.serve.llamacpp import generate_gguf
+    from pocketlm.inference.llamacpp import generate_gguf
 
     path = gguf_files["f32"]["path"]
     for prompt in corpus_prompts[:5]:
@@ -188,7 +188,7 @@ def test_generate_greedy_text(llama_cpp, gguf_files, hf, corpus_prompts):
 
 
 def test_generate_stop_and_seed(llama_cpp, gguf_files, corpus_prompts):
-    from pocketlm.serve.llamacpp import generate_gguf
+    from pocketlm.inference.llamacpp import generate_gguf
 
     path = gguf_files["q8_0"]["path"]
     prompt = corpus_prompts[0]
@@ -203,7 +203,7 @@ def test_generate_stop_and_seed(llama_cpp, gguf_files, corpus_prompts):
 
 
 def test_generate_errors(llama_cpp, gguf_files, tmp_path):
-    from pocketlm.serve.llamacpp import generate_gguf
+    from pocketlm.inference.llamacpp import generate_gguf
 
     path = gguf_files["q8_0"]["path"]
     with pytest.raises(UserError, match="temperature"):
@@ -219,7 +219,7 @@ def test_generate_errors(llama_cpp, gguf_files, tmp_path):
 
 
 def test_chat_template_renders_like_transformers(llama_cpp, gguf_files, hf):
-    from pocketlm.serve.llamacpp import render_chat, tokenize_gguf
+    from pocketlm.inference.llamacpp import render_chat, tokenize_gguf
 
     _, tok = hf
     path = gguf_files["f16"]["path"]
@@ -232,8 +232,8 @@ def test_chat_template_renders_like_transformers(llama_cpp, gguf_files, hf):
 
 
 def test_chat_loop(llama_cpp, gguf_files, monkeypatch, capsys):
-    from pocketlm.serve.engine import SamplingConfig
-    from pocketlm.serve.llamacpp import chat_gguf
+    from pocketlm.inference.engine import SamplingConfig
+    from pocketlm.inference.llamacpp import chat_gguf
 
     answers = iter(["What time do you open?", "/reset", "", "/exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
@@ -256,7 +256,7 @@ def test_foreign_pre_tokenizers(llama_cpp, kind, tiny_model_dir, model_text, ret
 
     from pocketlm.data.tokenizer import load_tokenizer
     from pocketlm.export.gguf import LLAMA3_REGEX, QWEN2_REGEX, export_gguf
-    from pocketlm.serve.llamacpp import tokenize_gguf, unload
+    from pocketlm.inference.llamacpp import tokenize_gguf, unload
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
@@ -280,7 +280,7 @@ def test_foreign_pre_tokenizers(llama_cpp, kind, tiny_model_dir, model_text, ret
 
 
 def test_missing_llama_cpp_is_a_user_error(monkeypatch, tmp_path):
-    from pocketlm.serve import llamacpp
+    from pocketlm.inference import llamacpp
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` fail
     with pytest.raises(UserError, match=r"pip install 'pocketlm\[llamacpp\]'"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,8 @@ import torch
 from pocketlm.data.sft import IGNORE, SftFormat, encode_conversation, load_conversations, pack
 from pocketlm.data.tokenizer import IM_END, stop_token_ids
 from pocketlm.errors import UserError
+from pocketlm.inference.engine import SamplingConfig, generate_ids
 from pocketlm.model.io import load_model
-from pocketlm.serve.engine import SamplingConfig, generate_ids
 from pocketlm.train.finetune import FinetuneConfig, finetune
 
 SHOP = Path(__file__).resolve().parents[2] / "examples" / "shop"
@@ -64,9 +65,13 @@ def test_packed_examples_do_not_see_each_other(tiny_run):
 
 
 def test_lora_lowers_validation_loss_and_merge_matches_adapter(tiny_run, tmp_path):
-    s = finetune(FinetuneConfig(base=str(tiny_run), data=[str(SHOP / "faq.jsonl")], out=str(tmp_path / "lora"),
-                                prompt_field="question", completion_field="answer", lora=True, lora_rank=8,
-                                max_steps=30, eval_interval=15, **FAST))
+    with warnings.catch_warnings(record=True) as caught:  # no library warning reaches the user raw
+        warnings.simplefilter("always")
+        s = finetune(FinetuneConfig(base=str(tiny_run), data=[str(SHOP / "faq.jsonl")], out=str(tmp_path / "lora"),
+                                    prompt_field="question", completion_field="answer", lora=True, lora_rank=8,
+                                    max_steps=30, eval_interval=15, **FAST))
+        load_model(tmp_path / "lora")
+    assert not [str(w.message) for w in caught if "peft" in w.filename or "transformers" in w.filename]
     records = [json.loads(x) for x in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()]
     vals = [r["val_loss"] for r in records if "val_loss" in r]
     assert min(vals[1:]) < vals[0] - 0.2, vals

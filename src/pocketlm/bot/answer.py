@@ -158,13 +158,13 @@ class Bot:
     def generate(self, messages: list[dict]) -> str:
         path = self.model_path
         if path.suffix.lower() == ".gguf":
-            from pocketlm.serve.llamacpp import generate_gguf, load_gguf, render_chat
+            from pocketlm.inference.llamacpp import generate_gguf, load_gguf, render_chat
             llm = load_gguf(path, n_ctx=2048)
             prompt = render_chat(llm, messages)
             return generate_gguf(path, prompt, max_new_tokens=self.config.max_new_tokens, temperature=0,
                                  n_ctx=2048)
         from pocketlm.data.tokenizer import stop_token_ids
-        from pocketlm.serve.engine import SamplingConfig, generate_ids
+        from pocketlm.inference.engine import SamplingConfig, generate_ids
         if self._model is None:
             from pocketlm.model.io import load_model
             self._model = load_model(path)

@@ -19,9 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from pocketlm.bot.answer import BOT_FILE, RETRIEVAL_DIR, BotConfig
 from pocketlm.config import field
 from pocketlm.errors import UserError
 from pocketlm.fsutil import atomic_write_json
@@ -82,6 +79,7 @@ def choose_threshold(index, declined: float = LEAVE_OUT_DECLINED) -> dict:
     them still declines most real unanswerable questions: on the Python FAQ, 25% of the left-out questions
     maps to 74% of in-domain questions it does not answer and all off-topic ones, while keeping about 90%
     of answerable ones (docs/benchmarks.md, own-FAQ section). `declined` moves along that trade-off."""
+    import numpy as np  # here, not at the top: `pocketlm --help` imports this module for BotBuildConfig
     # what is left out together: an FAQ entry with its other phrasings (--group-field); a document section
     # with every passage under the same heading path (they answer the same heading)
     groups = np.asarray([p.group or (f"doc\0{p.title}" if p.kind == "doc" else f"\0{i}")
@@ -106,6 +104,7 @@ def choose_threshold(index, declined: float = LEAVE_OUT_DECLINED) -> dict:
 
 
 def build_bot(cfg: BotBuildConfig, progress: bool = True) -> dict:
+    from pocketlm.bot.answer import BOT_FILE, RETRIEVAL_DIR, BotConfig
     from pocketlm.retrieval.embed import Embedder
     from pocketlm.retrieval.faq import read_faq
     from pocketlm.retrieval.index import Index

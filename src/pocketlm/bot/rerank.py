@@ -30,7 +30,7 @@ class Reranker:
         import os
 
         from pocketlm.errors import UserError
-        from pocketlm.serve.llamacpp import import_llama_cpp
+        from pocketlm.inference.llamacpp import import_llama_cpp
         llama_cpp = import_llama_cpp()
         n_threads = n_threads or max(1, min(8, os.cpu_count() or 1))
         try:  # its own instance, apart from the generation cache: scoring needs every position's logits

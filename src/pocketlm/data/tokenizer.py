@@ -13,6 +13,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from pocketlm.data.options import MIN_VOCAB as OPTIONS_MIN_VOCAB
 from pocketlm.errors import UserError
 
 BOS = "<|endoftext|>"  # also separates documents in packed token streams
@@ -32,6 +33,7 @@ CHAT_TEMPLATE = (
 )
 
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+assert MIN_VOCAB == OPTIONS_MIN_VOCAB, "pocketlm.data.options.MIN_VOCAB names the same minimum"
 
 
 def train_tokenizer(

@@ -19,8 +19,8 @@ import torch
 from pocketlm.data.shards import TOKENIZER_DIR, load_tokens, read_meta
 from pocketlm.data.tokenizer import encode_document, load_tokenizer
 from pocketlm.errors import UserError
+from pocketlm.inference.engine import SamplingConfig, generate_ids
 from pocketlm.model.io import resolve_model_dir
-from pocketlm.serve.engine import SamplingConfig, generate_ids
 
 
 def _same_tokenizer(a, b) -> bool:

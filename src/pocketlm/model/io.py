@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,7 +48,9 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: 
         raise UserError(f"{base_dir}: cannot load the model ({type(e).__name__}: {e})") from None
     if adapter.exists():  # a LoRA adapter: fold it into its base for fast inference
         from peft import PeftModel
-        model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; it means nothing here
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
     tokenizer = load_tokenizer(model_dir)
     model.to(device)
     model.eval()

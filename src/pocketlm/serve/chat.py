@@ -6,7 +6,7 @@ import sys
 
 from pocketlm.data.tokenizer import stop_token_ids
 from pocketlm.errors import UserError
-from pocketlm.serve.engine import SamplingConfig, stream_text
+from pocketlm.inference.engine import SamplingConfig, stream_text
 
 
 def fit_conversation(tokenizer, messages: list[dict], context: int, reserve: int) -> tuple[list[int], int]:

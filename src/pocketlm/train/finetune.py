@@ -13,13 +13,13 @@ import os
 import random
 import shutil
 import sys
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pocketlm.config import field, to_dict
+from pocketlm.config import to_dict
 from pocketlm.data.augment import augment
 from pocketlm.data.grounding import ground_conversations, reference_targets
 from pocketlm.data.sft import SftFormat, encode_conversation, load_examples, pack
@@ -29,49 +29,11 @@ from pocketlm.errors import UserError
 from pocketlm.evaluate.plots import plot_losses
 from pocketlm.fsutil import atomic_write_json
 from pocketlm.model.io import FINAL_MODEL, resolve_model_dir, save_model
+from pocketlm.train import distributed
 from pocketlm.train.checkpoint import find_checkpoint
-from pocketlm.train.loop import BEST_INFO, METRICS, LoopConfig, Task, train
+from pocketlm.train.loop import BEST_INFO, METRICS, Task, train
 from pocketlm.train.objectives import labelled_lm_loss, mean_loss
-
-DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass(kw_only=True)
-class FinetuneConfig(LoopConfig):
-    base: str = field(help="base model: a Hugging Face directory, a pocketlm run, a .gguf file or a hub id")
-    data: list[str] = field(help="training examples: .jsonl/.json (chat or prompt/completion), .csv/.tsv")
-    out: str = field(help="run directory; the fine-tuned model (or adapter) goes to OUT/model")
-    val_data: list[str] = field(default_factory=list, help="validation examples (default: split off --val-fraction)")
-    val_fraction: float = field(0.1, "fraction of examples held out for validation when --val-data is not given")
-    epochs: float = field(3.0, "passes over the training examples (when no other budget is given)")
-    context: int = field(512, "longest example in tokens; short examples are packed up to this length")
-    lora: bool = field(False, "train a LoRA adapter instead of all weights")
-    lora_rank: int = field(16, "LoRA rank r")
-    lora_alpha: int = field(32, "LoRA scaling alpha")
-    lora_dropout: float = field(0.05, "LoRA dropout")
-    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS), help="module names LoRA adapts")
-    prompt_field: str = field("prompt", "record field (or CSV column) holding the prompt")
-    completion_field: str = field("completion", "record field (or CSV column) holding the answer")
-    prompt_template: str | None = field(None, "build the prompt from fields, e.g. 'Translate to German: {en}'")
-    completion_template: str | None = field(None, "build the answer from fields, e.g. '{de}'")
-    system: str | None = field(None, "system prompt added to every example")
-    columns: list[str] | None = field(None, "column names for a CSV/TSV file without a header row")
-    augment: int = field(0, "add N noisy copies of every training example (words dropped or swapped, typos, "
-                         "lower case in the user turn) so a small model learns to read past the exact wording")
-    keep_best: bool = field(True, "keep the weights with the lowest validation loss as the final model")
-    ground_field: str | None = field(None, "record field naming each example's topic (e.g. fact): a router learns "
-                                     "question -> topic and every answer is made with the closest known answer "
-                                     "of that topic in view (see docs/finetune.md, grounded answers)")
-    ground_copy: float = field(0.5, "with --ground-field: fraction of training examples whose answer is replaced "
-                               "by their reference, so the model learns to trust it (0 = own answers only)")
-    strict: bool = field(True, "stop at the first bad record (--no-strict skips it with a warning)")
-    # fine-tuning defaults differ from pretraining
-    lr: float | None = field(None, "peak learning rate (default: 1e-3 with --lora, 5e-5 otherwise)")
-    batch_size: int = field(8, "sequences per micro-batch")
-    warmup_steps: int = field(20, "linear warm-up steps")
-    weight_decay: float = field(0.0, "AdamW weight decay")
-    eval_interval: int = field(50, "evaluate every N steps (and at the end)")
-    save_interval: int = field(200, "checkpoint every N steps (also at the end and on Ctrl-C)")
+from pocketlm.train.options import FinetuneConfig
 
 
 def load_base(base: str, run_dir: Path):
@@ -147,7 +109,9 @@ def add_lora(model, cfg: FinetuneConfig):
                         f"(it has e.g. {', '.join(sorted(names)[:12])})")
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                         target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; it means nothing to a user
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 class RowBatches:
@@ -218,7 +182,12 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise UserError("no validation examples: give --val-data or a --val-fraction above 0 with 2+ examples")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
+    dist = distributed.setup()
+    if dist.enabled and not dist.main:  # a GGUF base is converted once, by rank 0, before the others read it
+        distributed.barrier()
     model, tokenizer, base_dir = load_base(cfg.base, out_dir)
+    if dist.enabled and dist.main:
+        distributed.barrier()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_rows = build_rows(tokenizer, train_convs, cfg.context, pad_id, cfg.seed, "training")
     val_rows = build_rows(tokenizer, val_convs, cfg.context, pad_id, cfg.seed, "validation")
@@ -237,13 +206,16 @@ def finetune(cfg: FinetuneConfig) -> dict:
     task = Task(batch=batches.batch, loss=labelled_lm_loss, evaluate=evaluate, context=cfg.context)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    print(f"fine-tuning {'LoRA ' if cfg.lora else ''}{trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters on "
+    if dist.main:
+        print(f"fine-tuning {'LoRA ' if cfg.lora else ''}{trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters on "
           f"{n_examples} examples{f' + {len(train_convs) - n_examples} noisy copies' if cfg.augment else ''} "
           f"({len(train_rows)} packed rows of {cfg.context}), "
           f"{len(val_convs)} for validation; {_budget(cfg)}", file=sys.stderr)
     best_dir = out_dir / "best" if cfg.keep_best else None
     summary = train(model, tokenizer, task, cfg, out_dir, best_dir=best_dir,
                     run_info={"kind": "finetune", "base": str(base_dir), "lora": cfg.lora})
+    if not dist.main:  # under torchrun, rank 0 writes the model, the plot and the summary
+        return summary
     final = out_dir / FINAL_MODEL
     if best_dir is not None and (best_dir / BEST_INFO).exists():
         if final.exists():

@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pocketlm.config import field
 from pocketlm.device import autocast, dtype_name, resolve_device, resolve_dtype, training_attention
 from pocketlm.errors import UserError
 from pocketlm.model.io import save_model
+from pocketlm.train import distributed
 from pocketlm.train.average import WeightAverage
 from pocketlm.train.checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoint
+from pocketlm.train.options import LoopConfig
 from pocketlm.train.schedule import lr_at
 
 METRICS = "metrics.jsonl"
@@ -50,43 +51,6 @@ def parse_duration(text: str | float | int | None) -> float | None:
         raise UserError(f"--max-time {text!r}: give seconds or a number with s, m or h (e.g. 600, 10m, 1.5h)") from None
 
 
-@dataclass(kw_only=True)
-class LoopConfig:
-    batch_size: int = field(16, "sequences per micro-batch")
-    grad_accum: int = field(1, "micro-batches per optimizer step (effective batch = batch-size x grad-accum)")
-    lr: float = field(1e-3, "peak learning rate")
-    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of --lr")
-    warmup_steps: int = field(100, "linear warm-up steps")
-    schedule: str = field("cosine", "learning-rate schedule after warm-up", choices=["cosine", "wsd", "constant"])
-    decay_fraction: float = field(0.2, "wsd only: fraction of the budget spent decaying")
-    weight_decay: float = field(0.1, "AdamW weight decay (matrices only; norms are not decayed)")
-    beta1: float = field(0.9, "AdamW beta1")
-    beta2: float = field(0.95, "AdamW beta2")
-    grad_clip: float = field(1.0, "clip the gradient norm to this (0 = off)")
-    max_steps: int | None = field(None, "stop after this many optimizer steps")
-    max_tokens: int | None = field(None, "stop after this many training tokens")
-    max_time: str | None = field(None, "stop after this much training time (evaluation excluded): "
-                                 "seconds or 30s / 10m / 1.5h")
-    eval_interval: int = field(200, "evaluate on the validation split every N steps (and at the end)")
-    eval_batches: int = field(20, "validation batches per evaluation")
-    eval_at_start: bool = field(True, "measure the validation loss before the first step, where the loss curve "
-                                      "starts (off saves a validation pass: minutes for a 135M model on CPU)")
-    log_interval: int = field(10, "write a metrics line every N steps")
-    save_interval: int = field(500, "write a checkpoint every N steps (also at the end and on Ctrl-C)")
-    seed: int = field(1337, "random seed (initialisation and data order)")
-    dtype: str = field("auto", "compute precision: auto (bf16 where the hardware has it), fp32, bf16, fp16",
-                       choices=["auto", "fp32", "bf16", "fp16"])
-    compile: bool = field(False, "torch.compile the model (slower start, faster steps)")
-    ema: float = field(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.995, about "
-                            "the last 200 steps) and validate and save the average; 0 = off")
-    attention: str = field("auto", "attention kernel while training: auto (plain matmul attention on CPU for "
-                           "contexts up to 512 tokens, where it is faster; PyTorch's SDPA otherwise), sdpa, eager",
-                           choices=["auto", "sdpa", "eager"])
-    device: str = field("auto", "auto, cpu, cuda, cuda:N or mps")
-    resume: bool = field(False, "continue from OUT/checkpoint")
-    progress: bool = field(True, "show a progress bar")
-
-
 @dataclass
 class Task:
     batch: Callable[[int, int], dict]
@@ -99,7 +63,8 @@ class Task:
 class _StopFlag:
     """Turns the first Ctrl-C / SIGTERM into a clean stop after the current step."""
 
-    def __init__(self):
+    def __init__(self, say: bool = True):
+        self.say = say
         self.stop = False
         self.signal = None
         self._old = {}
@@ -117,8 +82,9 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.stop = True
         self.signal = signal.Signals(signum).name
-        print(f"\n{self.signal} received: finishing this step and saving a checkpoint "
-              "(press again to stop at once)", file=sys.stderr)
+        if self.say:
+            print(f"\n{self.signal} received: finishing this step and saving a checkpoint "
+                  "(press again to stop at once)", file=sys.stderr)
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -164,7 +130,12 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
     With `best_dir`, the weights with the lowest validation loss so far are kept there."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    dist = distributed.setup()  # under torchrun: this process's rank; otherwise one process
+    main = dist.main  # only rank 0 writes checkpoints, metrics, plots and the progress bar
     device = resolve_device(cfg.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    distributed.check_batch(cfg.batch_size)
     amp_dtype = resolve_dtype(cfg.dtype, device)
     max_time = parse_duration(cfg.max_time)
     if not (cfg.max_steps or cfg.max_tokens or max_time):
@@ -193,10 +164,17 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
         step, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
         carried = state.get("interval", {})
         restore_rng(state)
-        _truncate_metrics(metrics_path, step)
-        print(f"resumed from {ckpt} at step {step} ({tokens:,} tokens)", file=sys.stderr)
+        if main:
+            _truncate_metrics(metrics_path, step)
+            print(f"resumed from {ckpt} at step {step} ({tokens:,} tokens)", file=sys.stderr)
+            was = state.get("world_size", 1)
+            if was != dist.world:
+                print(f"the checkpoint was written by {was} process(es), this run has {dist.world}: the global "
+                      "batch is the same (each process takes its share of it), so training continues unchanged",
+                      file=sys.stderr)
     else:
-        metrics_path.write_text("", encoding="utf-8")
+        if main:
+            metrics_path.write_text("", encoding="utf-8")
         carried = {}
     # made after a resume has restored the weights: --ema first given on --resume averages from there
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None
@@ -206,6 +184,8 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
     # compiling the loss with the model puts the head, the cast to fp32 and the cross-entropy in one graph
     # (10% faster than compiling the model alone: 12M model, bf16, 2-core CPU)
     loss_fn = torch.compile(task.loss) if cfg.compile else task.loss
+    # with several processes: DDP over the model and its objective; each process trains on its rows of the batch
+    forward, ddp = distributed.wrap(model, loss_fn, device)
 
     def progress_of(step, tokens, elapsed):
         p = 0.0
@@ -218,6 +198,8 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
         return p
 
     def log(record: dict) -> None:
+        if not main:
+            return
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -232,12 +214,15 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
         return result
 
     def checkpoint():
+        loss_so_far = distributed.all_sum(interval_loss)  # every process's share; rank 0 alone carries it on
+        if not main:
+            return
         # the partial logging interval travels with the checkpoint, so a resumed run logs the same curve
-        interval = {"loss": float(interval_loss), "steps": interval_steps, "tokens": interval_tokens,
+        interval = {"loss": float(loss_so_far), "steps": interval_steps, "tokens": interval_tokens,
                     "seconds": time.perf_counter() - interval_start}
         save_checkpoint(out_dir, model, tokenizer, optimizer,
                         {"step": step, "tokens": tokens, "elapsed": elapsed, "config": dataclasses.asdict(cfg),
-                         "run": run_info or {}, "interval": interval,
+                         "run": run_info or {}, "interval": interval, "world_size": dist.world,
                          "ema": None if ema is None else ema.state_dict()})
 
     best = float("inf")
@@ -248,9 +233,10 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
         nonlocal best
         if best_dir is not None and result.get("val_loss", float("inf")) < best:
             best = result["val_loss"]
-            save_model(model, tokenizer, best_dir, extra_files={BEST_INFO: {"step": step, "val_loss": best}})
+            if main:
+                save_model(model, tokenizer, best_dir, extra_files={BEST_INFO: {"step": step, "val_loss": best}})
 
-    bar = tqdm(total=100, disable=not cfg.progress, unit="%", dynamic_ncols=True, file=sys.stderr, mininterval=0.5,
+    bar = tqdm(total=100, disable=not (cfg.progress and main), unit="%", dynamic_ncols=True, file=sys.stderr, mininterval=0.5,
                bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}{postfix}]", leave=True)
     bar.n = progress_of(step, tokens, elapsed) * 100
     last_val = None
@@ -261,13 +247,13 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
             keep_if_best(last_val)
         bar.set_postfix_str("training", refresh=False)
         log({"step": 0, "tokens": 0, "elapsed": 0.0, **last_val})
-    interval_loss = torch.tensor(carried.get("loss", 0.0), device=device)
+    interval_loss = torch.tensor(carried.get("loss", 0.0) if main else 0.0, device=device)
     interval_tokens, interval_steps = carried.get("tokens", 0), carried.get("steps", 0)
     # a resumed interval keeps its training time so far, so its tokens/s is not inflated by the earlier tokens
     interval_start = time.perf_counter() - carried.get("seconds", 0.0)
     t_last = time.perf_counter()
     reason = "budget"
-    with _StopFlag() as flag:
+    with _StopFlag(say=main) as flag:
         while progress_of(step, tokens, elapsed) < 1.0:
             lr = lr_at(step, progress_of(step, tokens, elapsed), lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                        schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio, decay_fraction=cfg.decay_fraction)
@@ -276,11 +262,20 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
             step_loss = torch.zeros((), device=device)
             step_tokens = 0
             for micro in range(cfg.grad_accum):
-                batch = task.batch(step, micro)
-                with autocast(device, amp_dtype):
-                    loss, n = loss_fn(model, batch)
-                (loss / cfg.grad_accum).backward()
-                step_loss += loss.detach() / cfg.grad_accum
+                batch = distributed.my_rows(task.batch(step, micro))
+                # gradients are averaged over processes once per step, after the last micro-batch
+                sync = ddp.no_sync() if ddp is not None and micro < cfg.grad_accum - 1 else contextlib.nullcontext()
+                with sync:
+                    with autocast(device, amp_dtype):
+                        loss, n = forward(batch)
+                    if dist.enabled:
+                        # each process's mean weighted by its share of the batch's target tokens, times the
+                        # world size that DDP's averaging divides by: the gradient of the whole batch's mean
+                        n_all = distributed.all_sum(n)
+                        loss = loss * (n * dist.world / n_all.clamp(min=1))
+                        n = n_all
+                    (loss / cfg.grad_accum).backward()
+                step_loss += loss.detach() / (cfg.grad_accum * dist.world)
                 step_tokens += n
             grad_norm = None
             if cfg.grad_clip > 0:
@@ -295,10 +290,14 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
             now = time.perf_counter()
             elapsed += now - t_last
             t_last = now
+            if dist.enabled:  # every process stops at the same step: the slowest clock and any Ctrl-C count
+                agreed = distributed.all_max(torch.tensor([elapsed, float(flag.stop)], dtype=torch.float64))
+                elapsed, flag.stop = float(agreed[0]), bool(agreed[1])
             interval_loss = interval_loss + step_loss
             interval_tokens += step_tokens
             interval_steps += 1
             if step % cfg.log_interval == 0:
+                interval_loss = distributed.all_sum(interval_loss)  # the processes' shares of each step's loss
                 dt = now - interval_start
                 tps = interval_tokens / dt
                 loss_value = float(interval_loss) / interval_steps
@@ -318,7 +317,8 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
                     last_val = evaluate()
                     keep_if_best(last_val)
                 log({"step": step, "tokens": tokens, "elapsed": round(elapsed, 3), **last_val})
-                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_val.items()))
+                if main:
+                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_val.items()))
                 t_last = time.perf_counter()  # evaluation time is not training time
             if step % cfg.save_interval == 0 and not done:
                 checkpoint()

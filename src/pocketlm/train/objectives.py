@@ -49,10 +49,17 @@ def labelled_lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
 
 
 def mean_loss(model, batches, loss=lm_loss) -> float:
-    """Token-weighted mean `loss` over `batches` (for validation)."""
+    """Token-weighted mean `loss` over `batches` (for validation). Under torchrun each process scores every
+    world-size-th batch and the sums are added up, so every process gets the one-process figure."""
+    from pocketlm.train import distributed
+    dist = distributed.current()
     total, count = 0.0, 0
-    for batch in batches:
+    for i, batch in enumerate(batches):
+        if i % dist.world != dist.rank:
+            continue
         value, n = loss(model, batch)
         total += float(value) * int(n)
         count += int(n)
+    if dist.enabled:
+        total, count = distributed.all_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     return total / max(count, 1)

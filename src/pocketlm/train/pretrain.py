@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from pocketlm.config import field, to_dict
+from pocketlm.config import to_dict
 from pocketlm.data.shards import TOKENIZER_DIR, load_tokens, read_meta
 from pocketlm.data.tokenizer import load_tokenizer, stop_token_ids
 from pocketlm.device import resolve_device
@@ -20,19 +19,12 @@ from pocketlm.evaluate.plots import plot_losses
 from pocketlm.fsutil import atomic_write_json
 from pocketlm.model.io import FINAL_MODEL, resolve_model_dir, save_model
 from pocketlm.model.presets import flops_per_token, get_preset, llama_config
+from pocketlm.train import distributed
 from pocketlm.train.batches import TokenWindows
 from pocketlm.train.checkpoint import find_checkpoint
-from pocketlm.train.loop import METRICS, LoopConfig, Task, train
+from pocketlm.train.loop import METRICS, Task, train
 from pocketlm.train.objectives import lm_loss, mean_loss
-
-
-@dataclass(kw_only=True)
-class PretrainConfig(LoopConfig):
-    data: str = field(help="prepared data directory (from `pocketlm prepare`)")
-    out: str = field(help="run directory: checkpoints, metrics, plots and the final model (OUT/model)")
-    model: str = field("mini-12m", "model preset (see `pocketlm models`)")
-    init: str | None = field(None, "start from this Hugging Face causal-LM directory instead of a preset")
-    context: int | None = field(None, "sequence length in tokens (default: the preset's, at most 1024)")
+from pocketlm.train.options import PretrainConfig
 
 
 def build_model(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
@@ -102,10 +94,14 @@ def pretrain(cfg: PretrainConfig) -> dict:
     task = Task(batch=train_windows.batch, loss=lm_loss, evaluate=evaluate,
                 tokens_per_step=cfg.batch_size * context * cfg.grad_accum, context=context)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params / 1e6:.2f}M parameters, context {context}, vocabulary {len(tokenizer)}; "
-          f"data: {len(train_tokens):,} train / {len(val_tokens):,} val tokens", file=sys.stderr)
+    distributed.setup()
+    if distributed.current().main:
+        print(f"model: {n_params / 1e6:.2f}M parameters, context {context}, vocabulary {len(tokenizer)}; "
+              f"data: {len(train_tokens):,} train / {len(val_tokens):,} val tokens", file=sys.stderr)
     t0 = time.time()
     summary = train(model, tokenizer, task, cfg, out_dir, run_info={"kind": "pretrain", "data": str(data_dir)})
+    if not distributed.current().main:  # under torchrun, rank 0 writes the model, the plot and the summary
+        return summary
     final = save_model(model.float(), tokenizer, out_dir / FINAL_MODEL)
     plot = plot_losses(out_dir / METRICS, out_dir / "loss.png", title=f"{cfg.model if not cfg.init else Path(cfg.init).name} on {data_dir}")
     flops = flops_per_token(model.config, context)

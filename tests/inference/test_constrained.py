@@ -9,15 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pocketlm.data.tokenizer import stop_token_ids
-from pocketlm.model.io import load_model
-from pocketlm.serve.constrained import (
+from pocketlm.inference.constrained import (
     JSONConstraint,
     LabelConstraint,
     close_json,
     command_ok,
     json_prefix_state,
 )
-from pocketlm.serve.engine import SamplingConfig, generate_ids
+from pocketlm.inference.engine import SamplingConfig, generate_ids
+from pocketlm.model.io import load_model
 
 
 @pytest.mark.parametrize("text, state", [

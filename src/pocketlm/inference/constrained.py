@@ -11,6 +11,8 @@ import json
 import torch
 from transformers import DynamicCache
 
+from pocketlm.inference.engine import with_cache
+
 
 class LabelConstraint:
     """The output is exactly one of `labels` (then the stop token)."""
@@ -61,7 +63,7 @@ class LabelConstraint:
     def _prefill(self, model, prompt_ids: list[int]):
         device = next(model.parameters()).device
         cache = DynamicCache()
-        out = model(input_ids=torch.tensor([prompt_ids], device=device), past_key_values=cache, use_cache=True,
+        out = model(input_ids=torch.tensor([prompt_ids], device=device), **with_cache(model, cache), use_cache=True,
                     logits_to_keep=1)
         return out.logits[0, -1].float().log_softmax(-1), cache
 
@@ -79,7 +81,7 @@ class LabelConstraint:
         branch = DynamicCache()
         for layer, (k, v) in enumerate(_cache_tensors(cache)):
             branch.update(k.expand(len(seqs), *k.shape[1:]), v.expand(len(seqs), *v.shape[1:]), layer)
-        logp = model(input_ids=ids, past_key_values=branch, use_cache=True).logits.float().log_softmax(-1)
+        logp = model(input_ids=ids, **with_cache(model, branch), use_cache=True).logits.float().log_softmax(-1)
         return total + (logp.gather(-1, targets[..., None])[..., 0] * mask).sum(-1)
 
 

@@ -9,9 +9,9 @@ import sys
 import torch
 
 from pocketlm.data.tokenizer import stop_token_ids
+from pocketlm.inference.engine import SamplingConfig, generate_ids, generate_text, stream_text
 from pocketlm.model.io import load_model
 from pocketlm.serve.chat import fit_conversation
-from pocketlm.serve.engine import SamplingConfig, generate_ids, generate_text, stream_text
 
 PROMPTS = ["Question: What time do you open on Saturdays?\nAnswer:", "Question: Is shipping free?\nAnswer:",
            "Returns", "The Tidewater kettle", "Harbor & Pine"]

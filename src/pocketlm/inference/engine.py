@@ -2,31 +2,33 @@
 
 A lean decode loop over transformers' model forward: one prefill, then one token per step with the
 cache, logits for the last position only, no per-step logits-processor machinery. Llama models use the
-faster forward of serve/fastpath.py (same logits; POCKETLM_FASTPATH=0 turns it off). Text streams out
+faster forward of inference/fastpath.py (same logits; POCKETLM_FASTPATH=0 turns it off). Text streams out
 as soon as it is complete UTF-8 and cannot be the start of a stop string.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
-from pocketlm.config import field
-from pocketlm.serve import fastpath
+from pocketlm.inference import fastpath
+from pocketlm.inference.options import SamplingConfig
 
 
-@dataclass(kw_only=True)
-class SamplingConfig:
-    max_new_tokens: int = field(128, "most tokens to generate")
-    temperature: float = field(0.8, "sampling temperature; 0 = greedy (always the most likely token)")
-    top_k: int = field(50, "sample only among the k most likely tokens (0 = off)")
-    top_p: float = field(0.95, "sample only among the most likely tokens whose probabilities sum to p (1 = off)")
-    repetition_penalty: float = field(1.0, "divide the scores of tokens already present (1 = off; 1.1-1.3 typical)")
-    stop: list[str] = field(default_factory=list, help="stop when any of these strings appears", metavar="TEXT")
-    seed: int | None = field(None, "random seed for sampling (same seed, same text)")
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def with_cache(model, cache) -> dict:
+    """The forward keyword for a KV cache: transformers renamed `past_key_values` to `cache` (5.x) and warns on
+    the old name, while older releases know only that one. A peft model passes it on to its base model."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {_cache_keyword(type(inner)): cache}
 
 
 def _apply_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -58,7 +60,7 @@ def generate_ids(model, prompt_ids: list[int], cfg: SamplingConfig, stop_ids: li
                  constraint=None) -> Iterator[int]:
     """Yield new token ids one at a time until max_new_tokens, a stop id or the context limit.
 
-    A `constraint` (see serve/constrained.py) chooses each token among those that keep the output valid."""
+    A `constraint` (see inference/constrained.py) chooses each token among those that keep the output valid."""
     device = next(model.parameters()).device
     generator = None
     if cfg.temperature > 0:
@@ -78,7 +80,7 @@ def generate_ids(model, prompt_ids: list[int], cfg: SamplingConfig, stop_ids: li
         if fast is not None:
             logits = fast(ids)
         else:
-            out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(input_ids=ids, **with_cache(model, cache), use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1, :].float()
         if cfg.repetition_penalty != 1.0:
             logits = _apply_penalty(logits, seen, cfg.repetition_penalty)
