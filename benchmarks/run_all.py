@@ -30,6 +30,7 @@ BENCHMARKS = {
     "time_to_quality": (["--budget", "600"], ["--budget", "60"]),
     "bot_faq": (["--modes", "extract"], ["--modes", "extract", "--limit", "5", "--name", "quick"]),
     "cli_startup": ([], ["--repeat", "1"]),
+    "ddp_cpu": ([], ["--steps", "20"]),
 }
 
 
