@@ -11,7 +11,6 @@ recipe again continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from pocketlm import runs
 from pocketlm.config import make
 from pocketlm.errors import UserError
 
@@ -125,9 +125,9 @@ def run_step(verb: str, options: dict, where: str) -> str:
         return summary(prepare(make(PrepareConfig, options, where)))
     if verb in ("pretrain", "finetune"):
         out = Path(options["out"])
-        if (out / "summary.json").exists() and json.loads((out / "summary.json").read_text())["stopped"] != "interrupted":
+        if runs.is_finished(out):
             return "already done"
-        resume = (out / "checkpoint").exists()
+        resume = (out / runs.CHECKPOINT).exists()
         if verb == "pretrain":
             from pocketlm.train.pretrain import PretrainConfig, pretrain
             s = pretrain(make(PretrainConfig, {**options, "resume": resume}, where))

@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from pocketlm.errors import UserError
+from pocketlm.runs import latest_checkpoint
 from pocketlm.train.average import WeightAverage
-from pocketlm.train.checkpoint import find_checkpoint, load_state
+from pocketlm.train.checkpoint import load_state
 from pocketlm.train.pretrain import PretrainConfig, pretrain
 
 COMMON = dict(model="nano-1m", context=64, batch_size=4, warmup_steps=5, eval_interval=4, eval_batches=2,
@@ -52,7 +53,7 @@ def test_final_model_is_the_average_and_resume_keeps_it(shop_data, tmp_path):
     raw = load_file(str(tmp_path / "full" / "checkpoint" / "model.safetensors"))  # the last step's own weights
     name = "model.layers.0.mlp.down_proj.weight"
     assert not torch.equal(final[name], raw[name]), "the final model should be the average, not the last step"
-    state = load_state(find_checkpoint(tmp_path / "full"))
+    state = load_state(latest_checkpoint(tmp_path / "full"))
     assert len(state["ema"]) == len(final) - ("lm_head.weight" in final)
     resumed = load_file(str(tmp_path / "split" / "model" / "model.safetensors"))
     assert all(torch.equal(final[k], resumed[k]) for k in final), "resumed average differs from the uninterrupted one"

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketlm import runs
 from pocketlm.errors import UserError
 from pocketlm.fsutil import atomic_dir
 
-GROUNDING_DIR = "grounding"
+GROUNDING_DIR = runs.GROUNDING
 REFERENCE = "Reference: "
 NEIGHBOURS = 5  # known questions whose answers vote on the reference (see Grounding.references)
 _CHAR = {"analyzer": "char_wb", "ngram_range": (3, 5), "sublinear_tf": True}

@@ -26,14 +26,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 
+from pocketlm import runs  # noqa: E402
 from pocketlm.errors import UserError  # noqa: E402
 from pocketlm.fsutil import atomic_write_text  # noqa: E402
 
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
-EVALS = "evals"
-REPORT = "report.html"
-MODEL = "model"
+METRICS, SUMMARY, EVALS, REPORT, MODEL = runs.METRICS, runs.SUMMARY, runs.EVALS, runs.REPORT, runs.MODEL
 TEXT_LIMIT = 240  # characters of an example text shown in a table cell; the full text goes in its title
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -111,8 +108,8 @@ def run_kind(summary: dict | None, run_dir: Path) -> str:
         if "base" in summary or "trainable_parameters" in summary or "base" in config:
             return "finetune"
         return "pretrain"
-    if (run_dir / "best").is_dir() or any((run_dir / d / "adapter_model.safetensors").exists()
-                                          for d in (MODEL, "checkpoint")):
+    if (run_dir / runs.BEST).is_dir() or any((run_dir / d / "adapter_model.safetensors").exists()
+                                             for d in (MODEL, runs.CHECKPOINT)):
         return "finetune"
     return "unknown"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pocketlm import runs
 from pocketlm.data.grounding import find_grounding
 from pocketlm.data.sft import SftFormat, load_examples
 from pocketlm.data.tokenizer import stop_token_ids
@@ -152,10 +153,10 @@ def evaluate_task(model, tokenizer, model_path: str, data: list[str] | str, opts
 
 def default_save_path(model_path: str, task: str, data: list[str] | str) -> Path | None:
     run = Path(model_path)
-    if not (run / "metrics.jsonl").exists():
+    if not runs.is_run(run):
         return None
     first = Path(data if isinstance(data, str) else data[0])
-    return run / "evals" / f"{task}-{first.stem}.json"
+    return run / runs.EVALS / f"{task}-{first.stem}.json"
 
 
 def save_results(result: dict, path: Path) -> Path:

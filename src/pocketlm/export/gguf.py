@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketlm import runs
 from pocketlm.data.grounding import copy_grounding, sidecar
 from pocketlm.errors import UserError
 
@@ -209,7 +210,7 @@ def _hparams(config: dict, model_dir: Path) -> dict:
 
 def _default_name(model_dir: Path) -> str:
     # a run directory keeps its model in RUN/model: name the file after the run
-    if model_dir.name in ("model", "checkpoint") and model_dir.parent.name:
+    if model_dir.name in (runs.MODEL, runs.CHECKPOINT) and model_dir.parent.name:
         return model_dir.parent.name
     return model_dir.name or "pocketlm"
 

@@ -11,11 +11,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from pocketlm import runs
 from pocketlm.data.tokenizer import load_tokenizer, stop_token_ids
 from pocketlm.errors import UserError
 from pocketlm.fsutil import atomic_dir
-
-FINAL_MODEL = "model"  # a run directory keeps its final model here
 
 hf_logging.disable_progress_bar()  # pocketlm shows its own progress; per-file bars are noise here
 
@@ -25,10 +24,11 @@ def resolve_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if (path / "config.json").exists() or (path / "adapter_config.json").exists():
         return path
-    if (path / FINAL_MODEL / "config.json").exists() or (path / FINAL_MODEL / "adapter_config.json").exists():
-        return path / FINAL_MODEL
-    if (path / "checkpoint" / "config.json").exists():
-        return path / "checkpoint"
+    final = path / runs.MODEL
+    if (final / "config.json").exists() or (final / "adapter_config.json").exists():
+        return final
+    if (path / runs.CHECKPOINT / "config.json").exists():
+        return path / runs.CHECKPOINT
     if not path.exists():
         raise UserError(f"{path}: no such model directory or file")
     raise UserError(f"{path}: not a model directory (no config.json; expected a Hugging Face model "

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pocketlm.fsutil import recover_dir
+from pocketlm import runs
 from pocketlm.model.io import save_model
 
-CHECKPOINT = "checkpoint"
-STATE = "trainer_state.pt"
+STATE = runs.TRAINER_STATE
 
 
 def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, state: dict) -> Path:
@@ -34,14 +33,7 @@ def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, state: dict) -> 
     def write_state(tmp: Path) -> None:
         torch.save(state, tmp / STATE)
 
-    return save_model(model, tokenizer, run_dir / CHECKPOINT, before_commit=write_state)
-
-
-def find_checkpoint(run_dir: Path) -> Path | None:
-    path = recover_dir(Path(run_dir) / CHECKPOINT)
-    if path is None or not (path / STATE).exists():
-        return None
-    return path
+    return save_model(model, tokenizer, run_dir / runs.CHECKPOINT, before_commit=write_state)
 
 
 def load_state(ckpt_dir: Path) -> dict:

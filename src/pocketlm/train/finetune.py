@@ -19,19 +19,15 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pocketlm.config import to_dict
+from pocketlm import runs
 from pocketlm.data.augment import augment
 from pocketlm.data.grounding import ground_conversations, reference_targets
 from pocketlm.data.sft import SftFormat, encode_conversation, load_examples, pack
 from pocketlm.data.tokenizer import load_tokenizer
-from pocketlm.device import resolve_device
 from pocketlm.errors import UserError
-from pocketlm.evaluate.plots import plot_losses
-from pocketlm.fsutil import atomic_write_json
-from pocketlm.model.io import FINAL_MODEL, resolve_model_dir, save_model
-from pocketlm.train import distributed
-from pocketlm.train.checkpoint import find_checkpoint
-from pocketlm.train.loop import BEST_INFO, METRICS, Task, train
+from pocketlm.model.io import resolve_model_dir, save_model
+from pocketlm.train import distributed, session
+from pocketlm.train.loop import BEST_INFO, Task, train
 from pocketlm.train.objectives import labelled_lm_loss, mean_loss
 from pocketlm.train.options import FinetuneConfig
 
@@ -157,10 +153,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     out_dir = Path(cfg.out)
     if cfg.lr is None:
         cfg = dataclasses.replace(cfg, lr=1e-3 if cfg.lora else 5e-5)
-    if not cfg.resume and (out_dir / "checkpoint").exists():
-        raise UserError(f"{out_dir}: already holds a run; use --resume to continue it or choose another --out")
-    if cfg.resume and find_checkpoint(out_dir) is None:
-        raise UserError(f"{out_dir}: --resume given but there is no checkpoint to resume from")
+    start = session.begin(cfg, out_dir)
     fmt = SftFormat(cfg.prompt_field, cfg.completion_field, cfg.prompt_template, cfg.completion_template,
                     cfg.system, cfg.columns)
     records = load_examples(cfg.data, fmt, strict=cfg.strict)
@@ -182,7 +175,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise UserError("no validation examples: give --val-data or a --val-fraction above 0 with 2+ examples")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    dist = distributed.setup()
+    dist = start.dist
     if dist.enabled and not dist.main:  # a GGUF base is converted once, by rank 0, before the others read it
         distributed.barrier()
     model, tokenizer, base_dir = load_base(cfg.base, out_dir)
@@ -193,9 +186,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     val_rows = build_rows(tokenizer, val_convs, cfg.context, pad_id, cfg.seed, "validation")
     if cfg.lora:
         model = add_lora(model, cfg)
-    device = resolve_device(cfg.device)
-    batches = RowBatches(train_rows, cfg.batch_size, cfg.grad_accum, cfg.seed, device)
-    val_batches = RowBatches(val_rows, cfg.batch_size, 1, cfg.seed, device)
+    batches = RowBatches(train_rows, cfg.batch_size, cfg.grad_accum, cfg.seed, start.device)
+    val_batches = RowBatches(val_rows, cfg.batch_size, 1, cfg.seed, start.device)
     if not (cfg.max_steps or cfg.max_tokens or cfg.max_time):
         steps = math.ceil(cfg.epochs * len(train_rows) / (cfg.batch_size * cfg.grad_accum))
         cfg = dataclasses.replace(cfg, max_steps=max(1, steps))
@@ -211,12 +203,12 @@ def finetune(cfg: FinetuneConfig) -> dict:
           f"{n_examples} examples{f' + {len(train_convs) - n_examples} noisy copies' if cfg.augment else ''} "
           f"({len(train_rows)} packed rows of {cfg.context}), "
           f"{len(val_convs)} for validation; {_budget(cfg)}", file=sys.stderr)
-    best_dir = out_dir / "best" if cfg.keep_best else None
-    summary = train(model, tokenizer, task, cfg, out_dir, best_dir=best_dir,
+    best_dir = out_dir / runs.BEST if cfg.keep_best else None
+    summary = train(model, tokenizer, task, cfg, out_dir, best_dir=best_dir, start=start,
                     run_info={"kind": "finetune", "base": str(base_dir), "lora": cfg.lora})
     if not dist.main:  # under torchrun, rank 0 writes the model, the plot and the summary
         return summary
-    final = out_dir / FINAL_MODEL
+    final = out_dir / runs.MODEL
     if best_dir is not None and (best_dir / BEST_INFO).exists():
         if final.exists():
             shutil.rmtree(final)
@@ -226,10 +218,6 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if grounding is not None:  # beside the run (its checkpoint/ uses it) and inside the model directory
         grounding.save(out_dir)
         grounding.save(final)
-    plot = plot_losses(out_dir / METRICS, out_dir / "loss.png", title=f"fine-tuning {Path(cfg.base).name}")
-    summary.update({"trainable_parameters": trainable, "parameters": total, "model_dir": str(final),
-                    "loss_plot": str(plot), "base": str(base_dir), "train_examples": n_examples,
-                    "val_examples": len(val_convs), "config": to_dict(cfg),
-                    "tokens_per_s": round(summary["tokens"] / max(summary["elapsed"], 1e-9), 1)})
-    atomic_write_json(out_dir / "summary.json", summary)
-    return summary
+    return session.finish(start, summary, cfg, title=f"fine-tuning {Path(cfg.base).name}",
+                          trainable_parameters=trainable, parameters=total, model_dir=str(final),
+                          base=str(base_dir), train_examples=n_examples, val_examples=len(val_convs))

@@ -22,16 +22,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pocketlm.device import autocast, dtype_name, resolve_device, resolve_dtype, training_attention
+from pocketlm import runs
+from pocketlm.device import autocast, dtype_name, resolve_dtype, training_attention
 from pocketlm.errors import UserError
 from pocketlm.model.io import save_model
 from pocketlm.train import distributed
 from pocketlm.train.average import WeightAverage
-from pocketlm.train.checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoint
+from pocketlm.train.checkpoint import load_state, restore_rng, save_checkpoint
 from pocketlm.train.options import LoopConfig
 from pocketlm.train.schedule import lr_at
+from pocketlm.train.session import Start, begin
 
-METRICS = "metrics.jsonl"
 BEST_INFO = "trainer_best.json"
 
 
@@ -123,23 +124,154 @@ def _restore_weights(model: torch.nn.Module, ckpt: Path, device: torch.device) -
     model.tie_weights()
 
 
+def progress(cfg: LoopConfig, max_time: float | None, step: int, tokens: int, elapsed: float) -> float:
+    """How much of the budget is spent (0 to 1): the first of steps, tokens and time to run out."""
+    p = 0.0
+    if cfg.max_steps:
+        p = max(p, step / cfg.max_steps)
+    if cfg.max_tokens:
+        p = max(p, tokens / cfg.max_tokens)
+    if max_time:
+        p = max(p, elapsed / max_time)
+    return p
+
+
+@dataclass
+class Interval:
+    """The running figures of one logging interval. Its loss is this process's share; they are summed over
+    the processes when the interval is logged or saved with a checkpoint, which carries it on so that a
+    resumed run logs the same curve."""
+    loss: torch.Tensor
+    tokens: int = 0
+    steps: int = 0
+    start: float = 0.0
+
+    @classmethod
+    def resumed(cls, carried: dict, device: torch.device, main: bool) -> Interval:
+        # rank 0 alone carries the saved loss on (it is the sum over the processes already)
+        loss = torch.tensor(carried.get("loss", 0.0) if main else 0.0, device=device)
+        # the interval keeps its training time so far, so its tokens/s is not inflated by the earlier tokens
+        return cls(loss, carried.get("tokens", 0), carried.get("steps", 0),
+                   time.perf_counter() - carried.get("seconds", 0.0))
+
+    def add(self, loss: torch.Tensor, tokens: int) -> None:
+        self.loss = self.loss + loss
+        self.tokens += tokens
+        self.steps += 1
+
+    def saved(self) -> dict:  # called by every process
+        return {"loss": float(distributed.all_sum(self.loss)), "steps": self.steps, "tokens": self.tokens,
+                "seconds": time.perf_counter() - self.start}
+
+    def close(self, step: int) -> tuple[float, float]:
+        """(mean loss, tokens/s) of the interval; a new one starts. Called by every process."""
+        loss = float(distributed.all_sum(self.loss)) / self.steps
+        tps = self.tokens / (time.perf_counter() - self.start)
+        if not math.isfinite(loss):
+            raise UserError(f"training diverged at step {step} (loss {loss}); lower --lr or use --dtype fp32")
+        self.loss = torch.zeros_like(self.loss)
+        self.tokens, self.steps, self.start = 0, 0, time.perf_counter()
+        return loss, tps
+
+
+@dataclass
+class Best:
+    """With a directory: the weights with the lowest validation loss so far are kept there (rank 0 writes)."""
+    directory: Path | None
+    val_loss: float = float("inf")
+
+    @classmethod
+    def resumed(cls, directory: Path | None, resume: bool) -> Best:
+        if directory is not None and resume and (Path(directory) / BEST_INFO).exists():
+            return cls(directory, json.loads((Path(directory) / BEST_INFO).read_text())["val_loss"])
+        return cls(directory)
+
+    def offer(self, result: dict, step: int, model, tokenizer, main: bool) -> None:
+        if self.directory is not None and result.get("val_loss", float("inf")) < self.val_loss:
+            self.val_loss = result["val_loss"]
+            if main:
+                save_model(model, tokenizer, self.directory,
+                           extra_files={BEST_INFO: {"step": step, "val_loss": self.val_loss}})
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _averaged(ema: WeightAverage | None):
+    """Validation and the kept best weights use the weight average when there is one."""
+    return ema.swapped_in() if ema is not None else contextlib.nullcontext()
+
+
+def _evaluate(model, task: Task, device, amp_dtype) -> dict:
+    model.eval()
+    with torch.no_grad(), autocast(device, amp_dtype):
+        result = task.evaluate(model)
+    model.train()
+    return result
+
+
+def _resume(start: Start, model, optimizer, metrics_path: Path) -> dict:
+    """Restore weights, optimizer and RNG states from the checkpoint; the trainer state, or {} for a new run."""
+    if start.checkpoint is None:
+        if start.main:
+            metrics_path.write_text("", encoding="utf-8")
+        return {}
+    ckpt = start.checkpoint
+    state = load_state(ckpt)
+    _restore_weights(model, ckpt, start.device)
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng(state)
+    if start.main:
+        _truncate_metrics(metrics_path, state["step"])
+        print(f"resumed from {ckpt} at step {state['step']} ({state['tokens']:,} tokens)", file=sys.stderr)
+        was = state.get("world_size", 1)
+        if was != start.dist.world:
+            print(f"the checkpoint was written by {was} process(es), this run has {start.dist.world}: the global "
+                  "batch is the same (each process takes its share of it), so training continues unchanged",
+                  file=sys.stderr)
+    return state
+
+
+def _step(forward, ddp, task: Task, step: int, cfg: LoopConfig, dist, device, amp_dtype) -> tuple[torch.Tensor, int]:
+    """Forward and backward over the step's micro-batches: (this process's share of the loss, target tokens)."""
+    step_loss = torch.zeros((), device=device)
+    step_tokens = 0
+    for micro in range(cfg.grad_accum):
+        batch = distributed.my_rows(task.batch(step, micro))
+        # gradients are averaged over processes once per step, after the last micro-batch
+        sync = ddp.no_sync() if ddp is not None and micro < cfg.grad_accum - 1 else contextlib.nullcontext()
+        with sync:
+            with autocast(device, amp_dtype):
+                loss, n = forward(batch)
+            if dist.enabled:
+                # each process's mean weighted by its share of the batch's target tokens, times the world size
+                # that DDP's averaging divides by: the gradient of the whole batch's mean
+                n_all = distributed.all_sum(n)
+                loss = loss * (n * dist.world / n_all.clamp(min=1))
+                n = n_all
+            (loss / cfg.grad_accum).backward()
+        step_loss += loss.detach() / (cfg.grad_accum * dist.world)
+        step_tokens += n
+    return step_loss, step_tokens
+
+
 def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_dir: str | Path,
-          *, run_info: dict | None = None, best_dir: Path | None = None) -> dict:
+          *, run_info: dict | None = None, best_dir: Path | None = None, start: Start | None = None) -> dict:
     """Train `model` in place on `task`; checkpoints and metrics go to `out_dir`. Returns a summary.
 
-    With `best_dir`, the weights with the lowest validation loss so far are kept there."""
-    out_dir = Path(out_dir)
+    `start` is what the verb's `session.begin` found (made here when not given). With `best_dir`, the
+    weights with the lowest validation loss so far are kept there."""
+    start = start or begin(cfg, out_dir)
+    out_dir, dist, main, device = start.out_dir, start.dist, start.main, start.device
     out_dir.mkdir(parents=True, exist_ok=True)
-    dist = distributed.setup()  # under torchrun: this process's rank; otherwise one process
-    main = dist.main  # only rank 0 writes checkpoints, metrics, plots and the progress bar
-    device = resolve_device(cfg.device)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-    distributed.check_batch(cfg.batch_size)
     amp_dtype = resolve_dtype(cfg.dtype, device)
     max_time = parse_duration(cfg.max_time)
     if not (cfg.max_steps or cfg.max_tokens or max_time):
         raise UserError("give a training budget: --max-steps, --max-tokens or --max-time")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise UserError(f"--ema {cfg.ema}: give a decay between 0 (off) and 1, e.g. 0.995")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -149,137 +281,55 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
     attention = training_attention(cfg.attention, device, task.context)
     model.set_attn_implementation(attention)  # not saved: config.json never records it
     optimizer = make_optimizer(model, cfg, device)
-    if not 0.0 <= cfg.ema < 1.0:
-        raise UserError(f"--ema {cfg.ema}: give a decay between 0 (off) and 1, e.g. 0.995")
 
-    step, tokens, elapsed = 0, 0, 0.0
-    metrics_path = out_dir / METRICS
-    if cfg.resume:
-        ckpt = find_checkpoint(out_dir)
-        if ckpt is None:
-            raise UserError(f"{out_dir}: --resume given but there is no checkpoint to resume from")
-        state = load_state(ckpt)
-        _restore_weights(model, ckpt, device)
-        optimizer.load_state_dict(state["optimizer"])
-        step, tokens, elapsed = state["step"], state["tokens"], state["elapsed"]
-        carried = state.get("interval", {})
-        restore_rng(state)
-        if main:
-            _truncate_metrics(metrics_path, step)
-            print(f"resumed from {ckpt} at step {step} ({tokens:,} tokens)", file=sys.stderr)
-            was = state.get("world_size", 1)
-            if was != dist.world:
-                print(f"the checkpoint was written by {was} process(es), this run has {dist.world}: the global "
-                      "batch is the same (each process takes its share of it), so training continues unchanged",
-                      file=sys.stderr)
-    else:
-        if main:
-            metrics_path.write_text("", encoding="utf-8")
-        carried = {}
+    metrics_path = out_dir / runs.METRICS
+    state = _resume(start, model, optimizer, metrics_path)
+    step, tokens, elapsed = state.get("step", 0), state.get("tokens", 0), state.get("elapsed", 0.0)
     # made after a resume has restored the weights: --ema first given on --resume averages from there
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None
-    if ema is not None and cfg.resume and state.get("ema") is not None:
+    if ema is not None and state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
-
+    best = Best.resumed(best_dir, start.checkpoint is not None)
     # compiling the loss with the model puts the head, the cast to fp32 and the cross-entropy in one graph
     # (10% faster than compiling the model alone: 12M model, bf16, 2-core CPU)
     loss_fn = torch.compile(task.loss) if cfg.compile else task.loss
     # with several processes: DDP over the model and its objective; each process trains on its rows of the batch
     forward, ddp = distributed.wrap(model, loss_fn, device)
 
-    def progress_of(step, tokens, elapsed):
-        p = 0.0
-        if cfg.max_steps:
-            p = max(p, step / cfg.max_steps)
-        if cfg.max_tokens:
-            p = max(p, tokens / cfg.max_tokens)
-        if max_time:
-            p = max(p, elapsed / max_time)
-        return p
-
     def log(record: dict) -> None:
-        if not main:
-            return
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if main:
+            _append(metrics_path, record)
 
-    def averaged():  # validation and the kept weights use the average when there is one
-        return ema.swapped_in() if ema is not None else contextlib.nullcontext()
+    def checkpoint() -> None:
+        interval_state = interval.saved()  # every process takes part in summing the interval's loss
+        if main:
+            save_checkpoint(out_dir, model, tokenizer, optimizer,
+                            {"step": step, "tokens": tokens, "elapsed": elapsed, "config": dataclasses.asdict(cfg),
+                             "run": run_info or {}, "interval": interval_state, "world_size": dist.world,
+                             "ema": None if ema is None else ema.state_dict()})
 
-    def evaluate() -> dict:
-        model.eval()
-        with torch.no_grad(), autocast(device, amp_dtype):
-            result = task.evaluate(model)
-        model.train()
-        return result
-
-    def checkpoint():
-        loss_so_far = distributed.all_sum(interval_loss)  # every process's share; rank 0 alone carries it on
-        if not main:
-            return
-        # the partial logging interval travels with the checkpoint, so a resumed run logs the same curve
-        interval = {"loss": float(loss_so_far), "steps": interval_steps, "tokens": interval_tokens,
-                    "seconds": time.perf_counter() - interval_start}
-        save_checkpoint(out_dir, model, tokenizer, optimizer,
-                        {"step": step, "tokens": tokens, "elapsed": elapsed, "config": dataclasses.asdict(cfg),
-                         "run": run_info or {}, "interval": interval, "world_size": dist.world,
-                         "ema": None if ema is None else ema.state_dict()})
-
-    best = float("inf")
-    if best_dir is not None and cfg.resume and (Path(best_dir) / BEST_INFO).exists():
-        best = json.loads((Path(best_dir) / BEST_INFO).read_text())["val_loss"]
-
-    def keep_if_best(result: dict) -> None:
-        nonlocal best
-        if best_dir is not None and result.get("val_loss", float("inf")) < best:
-            best = result["val_loss"]
-            if main:
-                save_model(model, tokenizer, best_dir, extra_files={BEST_INFO: {"step": step, "val_loss": best}})
-
-    bar = tqdm(total=100, disable=not (cfg.progress and main), unit="%", dynamic_ncols=True, file=sys.stderr, mininterval=0.5,
-               bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}{postfix}]", leave=True)
-    bar.n = progress_of(step, tokens, elapsed) * 100
+    bar = tqdm(total=100, disable=not (cfg.progress and main), unit="%", dynamic_ncols=True, file=sys.stderr,
+               mininterval=0.5, bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}{postfix}]", leave=True)
+    bar.n = progress(cfg, max_time, step, tokens, elapsed) * 100
     last_val = None
     if step == 0 and cfg.eval_at_start:
         bar.set_postfix_str("measuring the starting validation loss")  # minutes for a 135M model on CPU
-        with averaged():
-            last_val = evaluate()
-            keep_if_best(last_val)
+        with _averaged(ema):
+            last_val = _evaluate(model, task, device, amp_dtype)
+            best.offer(last_val, step, model, tokenizer, main)
         bar.set_postfix_str("training", refresh=False)
         log({"step": 0, "tokens": 0, "elapsed": 0.0, **last_val})
-    interval_loss = torch.tensor(carried.get("loss", 0.0) if main else 0.0, device=device)
-    interval_tokens, interval_steps = carried.get("tokens", 0), carried.get("steps", 0)
-    # a resumed interval keeps its training time so far, so its tokens/s is not inflated by the earlier tokens
-    interval_start = time.perf_counter() - carried.get("seconds", 0.0)
+    interval = Interval.resumed(state.get("interval", {}), device, main)
     t_last = time.perf_counter()
     reason = "budget"
     with _StopFlag(say=main) as flag:
-        while progress_of(step, tokens, elapsed) < 1.0:
-            lr = lr_at(step, progress_of(step, tokens, elapsed), lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+        while progress(cfg, max_time, step, tokens, elapsed) < 1.0:
+            lr = lr_at(step, progress(cfg, max_time, step, tokens, elapsed), lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                        schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio, decay_fraction=cfg.decay_fraction)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            step_loss = torch.zeros((), device=device)
-            step_tokens = 0
-            for micro in range(cfg.grad_accum):
-                batch = distributed.my_rows(task.batch(step, micro))
-                # gradients are averaged over processes once per step, after the last micro-batch
-                sync = ddp.no_sync() if ddp is not None and micro < cfg.grad_accum - 1 else contextlib.nullcontext()
-                with sync:
-                    with autocast(device, amp_dtype):
-                        loss, n = forward(batch)
-                    if dist.enabled:
-                        # each process's mean weighted by its share of the batch's target tokens, times the
-                        # world size that DDP's averaging divides by: the gradient of the whole batch's mean
-                        n_all = distributed.all_sum(n)
-                        loss = loss * (n * dist.world / n_all.clamp(min=1))
-                        n = n_all
-                    (loss / cfg.grad_accum).backward()
-                step_loss += loss.detach() / (cfg.grad_accum * dist.world)
-                step_tokens += n
-            grad_norm = None
-            if cfg.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            step_loss, step_tokens = _step(forward, ddp, task, step, cfg, dist, device, amp_dtype)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -293,29 +343,19 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
             if dist.enabled:  # every process stops at the same step: the slowest clock and any Ctrl-C count
                 agreed = distributed.all_max(torch.tensor([elapsed, float(flag.stop)], dtype=torch.float64))
                 elapsed, flag.stop = float(agreed[0]), bool(agreed[1])
-            interval_loss = interval_loss + step_loss
-            interval_tokens += step_tokens
-            interval_steps += 1
+            interval.add(step_loss, step_tokens)
             if step % cfg.log_interval == 0:
-                interval_loss = distributed.all_sum(interval_loss)  # the processes' shares of each step's loss
-                dt = now - interval_start
-                tps = interval_tokens / dt
-                loss_value = float(interval_loss) / interval_steps
-                if not math.isfinite(loss_value):
-                    raise UserError(f"training diverged at step {step} (loss {loss_value}); lower --lr "
-                                    "or use --dtype fp32")
+                loss_value, tps = interval.close(step)
                 log({"step": step, "tokens": tokens, "elapsed": round(elapsed, 3), "loss": round(loss_value, 5),
                      "lr": lr, "tok_per_s": round(tps, 1),
                      "grad_norm": None if grad_norm is None else round(float(grad_norm), 4)})
                 bar.set_postfix_str(f"step {step}, loss {loss_value:.3f}, {tps:,.0f} tok/s", refresh=False)
-                interval_loss = torch.zeros((), device=device)
-                interval_tokens, interval_steps, interval_start = 0, 0, time.perf_counter()
-            bar.update(min(progress_of(step, tokens, elapsed), 1.0) * 100 - bar.n)  # redraws at most twice a second
-            done = progress_of(step, tokens, elapsed) >= 1.0
+            done = progress(cfg, max_time, step, tokens, elapsed) >= 1.0
+            bar.update(min(progress(cfg, max_time, step, tokens, elapsed), 1.0) * 100 - bar.n)  # redraws <= 2/s
             if step % cfg.eval_interval == 0 or done:
-                with averaged():
-                    last_val = evaluate()
-                    keep_if_best(last_val)
+                with _averaged(ema):
+                    last_val = _evaluate(model, task, device, amp_dtype)
+                    best.offer(last_val, step, model, tokenizer, main)
                 log({"step": step, "tokens": tokens, "elapsed": round(elapsed, 3), **last_val})
                 if main:
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_val.items()))
@@ -333,5 +373,4 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
     model.set_attn_implementation(inference_attention)
     return {"step": step, "tokens": tokens, "elapsed": round(elapsed, 2), "stopped": reason,
             "device": str(device), "dtype": dtype_name(amp_dtype), "compile": cfg.compile, "attention": attention,
-            "ema": cfg.ema,
-            **({} if last_val is None else last_val)}
+            "ema": cfg.ema, **({} if last_val is None else last_val)}

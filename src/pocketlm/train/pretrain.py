@@ -10,19 +10,16 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from pocketlm import runs
 from pocketlm.config import to_dict
 from pocketlm.data.shards import TOKENIZER_DIR, load_tokens, read_meta
 from pocketlm.data.tokenizer import load_tokenizer, stop_token_ids
-from pocketlm.device import resolve_device
 from pocketlm.errors import UserError
-from pocketlm.evaluate.plots import plot_losses
-from pocketlm.fsutil import atomic_write_json
-from pocketlm.model.io import FINAL_MODEL, resolve_model_dir, save_model
+from pocketlm.model.io import resolve_model_dir, save_model
 from pocketlm.model.presets import flops_per_token, get_preset, llama_config
-from pocketlm.train import distributed
+from pocketlm.train import session
 from pocketlm.train.batches import TokenWindows
-from pocketlm.train.checkpoint import find_checkpoint
-from pocketlm.train.loop import METRICS, Task, train
+from pocketlm.train.loop import Task, train
 from pocketlm.train.objectives import lm_loss, mean_loss
 from pocketlm.train.options import PretrainConfig
 
@@ -60,30 +57,25 @@ def scale_residual_init(model) -> None:
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
-    data_dir, out_dir = Path(cfg.data), Path(cfg.out)
+    data_dir = Path(cfg.data)
     meta = read_meta(data_dir)
     tokenizer = load_tokenizer(data_dir / TOKENIZER_DIR)
-    if cfg.resume:
-        ckpt = find_checkpoint(out_dir)
-        if ckpt is None:
-            raise UserError(f"{out_dir}: --resume given but there is no checkpoint to resume from")
-        cfg = PretrainConfig(**{**to_dict(cfg), "init": str(ckpt)})
-    elif (out_dir / "checkpoint").exists():
-        raise UserError(f"{out_dir}: already holds a run; use --resume to continue it or choose another --out")
+    start = session.begin(cfg, cfg.out)
+    if start.checkpoint is not None:  # the model is rebuilt from the checkpoint (its architecture and weights)
+        cfg = PretrainConfig(**{**to_dict(cfg), "init": str(start.checkpoint)})
     model = build_model(cfg, tokenizer)
     context = cfg.context or min(model.config.max_position_embeddings, 1024)
     if context > model.config.max_position_embeddings:
         raise UserError(f"--context {context} is longer than the model's maximum "
                         f"({model.config.max_position_embeddings})")
-    device = resolve_device(cfg.device)
     train_tokens = load_tokens(data_dir, "train")
     val_tokens = load_tokens(data_dir, "val")
     for name, toks in (("train", train_tokens), ("val", val_tokens)):
         if len(toks) < context + 2:
             raise UserError(f"{data_dir}/{name}.bin has only {len(toks)} tokens, fewer than one sequence of "
                             f"--context {context}; use a shorter --context or more data")
-    train_windows = TokenWindows(train_tokens, cfg.batch_size, context, cfg.seed, device)
-    val_windows = TokenWindows(val_tokens, cfg.batch_size, context, cfg.seed, device)
+    train_windows = TokenWindows(train_tokens, cfg.batch_size, context, cfg.seed, start.device)
+    val_windows = TokenWindows(val_tokens, cfg.batch_size, context, cfg.seed, start.device)
     val = meta["splits"]["val"]
     tokens_per_byte = val["tokens"] / max(val["bytes"], 1)
 
@@ -94,20 +86,17 @@ def pretrain(cfg: PretrainConfig) -> dict:
     task = Task(batch=train_windows.batch, loss=lm_loss, evaluate=evaluate,
                 tokens_per_step=cfg.batch_size * context * cfg.grad_accum, context=context)
     n_params = sum(p.numel() for p in model.parameters())
-    distributed.setup()
-    if distributed.current().main:
+    if start.main:
         print(f"model: {n_params / 1e6:.2f}M parameters, context {context}, vocabulary {len(tokenizer)}; "
               f"data: {len(train_tokens):,} train / {len(val_tokens):,} val tokens", file=sys.stderr)
     t0 = time.time()
-    summary = train(model, tokenizer, task, cfg, out_dir, run_info={"kind": "pretrain", "data": str(data_dir)})
-    if not distributed.current().main:  # under torchrun, rank 0 writes the model, the plot and the summary
+    summary = train(model, tokenizer, task, cfg, start.out_dir, start=start,
+                    run_info={"kind": "pretrain", "data": str(data_dir)})
+    if not start.main:  # under torchrun, rank 0 writes the model, the plot and the summary
         return summary
-    final = save_model(model.float(), tokenizer, out_dir / FINAL_MODEL)
-    plot = plot_losses(out_dir / METRICS, out_dir / "loss.png", title=f"{cfg.model if not cfg.init else Path(cfg.init).name} on {data_dir}")
-    flops = flops_per_token(model.config, context)
+    final = save_model(model.float(), tokenizer, start.out_dir / runs.MODEL)
     tps = summary["tokens"] / max(summary["elapsed"], 1e-9)
-    summary.update({"parameters": n_params, "context": context, "tokens_per_s": round(tps, 1),
-                    "train_tflops": round(flops * tps / 1e12, 4), "wall_s": round(time.time() - t0, 1),
-                    "model_dir": str(final), "loss_plot": str(plot), "config": to_dict(cfg)})
-    atomic_write_json(out_dir / "summary.json", summary)
-    return summary
+    return session.finish(start, summary, cfg, title=f"{cfg.model if not cfg.init else Path(cfg.init).name} on {data_dir}",
+                          parameters=n_params, context=context,
+                          train_tflops=round(flops_per_token(model.config, context) * tps / 1e12, 4),
+                          wall_s=round(time.time() - t0, 1), model_dir=str(final))
