@@ -27,8 +27,8 @@ SHOP = REPO / "examples" / "shop"
 def neighbours_on_training_questions(train: list[dict], held_out: int = 300, seed: int = 0) -> dict:
     """Choose the number of neighbours without the held-out set: fit on all but `held_out` training
     questions, and score each of those by the token F1 of its reference against its own answer."""
-    from pocketlm.data.grounding import Grounding
     from pocketlm.evaluate.metrics import token_f1
+    from pocketlm.retrieval.grounding import Grounding
     dev = set(np.random.default_rng(seed).permutation(len(train))[:held_out].tolist())
     rest = [t for i, t in enumerate(train) if i not in dev]
     probe = [t for i, t in enumerate(train) if i in dev]
@@ -41,7 +41,7 @@ def neighbours_on_training_questions(train: list[dict], held_out: int = 300, see
 
 
 def main():
-    from pocketlm.data.grounding import Grounding
+    from pocketlm.retrieval.grounding import Grounding
     train = [json.loads(line) for line in (SHOP / "faq.jsonl").open(encoding="utf-8")]
     held = [json.loads(line) for line in (SHOP / "faq_heldout.jsonl").open(encoding="utf-8")]
     questions, facts = [h["question"] for h in held], np.array([h["fact"] for h in held])

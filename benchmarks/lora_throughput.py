@@ -29,7 +29,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def base_dir(cache: Path) -> Path:
-    from pocketlm.recipes import smollm2_gguf_path
+    from pocketlm.model.bundled import smollm2_gguf_path
     from pocketlm.train.finetune import load_base
     gguf = Path(smollm2_gguf_path())
     if not gguf.exists():

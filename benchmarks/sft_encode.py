@@ -24,7 +24,7 @@ def main():
     from transformers import AutoTokenizer
 
     from pocketlm.data.sft import SftFormat, encode_conversation, load_conversations
-    from pocketlm.recipes import smollm2_gguf_path
+    from pocketlm.model.bundled import smollm2_gguf_path
     data = shared_data()
     gguf = Path(smollm2_gguf_path())
     if data is None or not gguf.exists():

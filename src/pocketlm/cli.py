@@ -166,7 +166,7 @@ def cmd_finetune(ns):
 def cmd_merge(ns):
     from pocketlm.model.io import load_model, save_model
     opts = from_namespace(MergeOptions, ns)
-    from pocketlm.data.grounding import GROUNDING_DIR, copy_grounding
+    from pocketlm.retrieval.grounding import GROUNDING_DIR, copy_grounding
     model, tokenizer = load_model(opts.adapter)
     save_model(model, tokenizer, opts.out)
     copy_grounding(opts.adapter, Path(opts.out) / GROUNDING_DIR)  # a grounded bot stays grounded once merged
@@ -239,14 +239,14 @@ def cmd_chat(ns):
     from pocketlm.inference.options import SamplingConfig
     opts, samp = from_namespace(ChatOptions, ns), from_namespace(SamplingConfig, ns)
     from pocketlm.bot.answer import is_bot
-    from pocketlm.data.grounding import find_grounding
+    from pocketlm.retrieval.grounding import find_grounding
     if is_bot(opts.model):
         from pocketlm.bot.chat import chat_bot
         chat_bot(opts.model)
         return
     grounding = find_grounding(opts.model) if opts.ground else None
     if _is_gguf(opts.model):
-        from pocketlm.inference.llamacpp import chat_gguf
+        from pocketlm.serve.chat import chat_gguf
         chat_gguf(opts.model, samp, system=opts.system, grounding=grounding)
         return
     from pocketlm.device import resolve_device

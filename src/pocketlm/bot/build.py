@@ -60,7 +60,7 @@ class BotBuildConfig:
 
 
 def default_model() -> Path:
-    from pocketlm.recipes import smollm2_gguf_path
+    from pocketlm.model.bundled import smollm2_gguf_path
     path = Path(smollm2_gguf_path())
     if not path.is_file():
         raise UserError("the default answering model (SmolLM2-135M-Instruct) is not installed; install it with "

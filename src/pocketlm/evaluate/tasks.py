@@ -17,7 +17,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pocketlm import runs
-from pocketlm.data.grounding import find_grounding
 from pocketlm.data.sft import SftFormat, load_examples
 from pocketlm.data.tokenizer import stop_token_ids
 from pocketlm.errors import UserError
@@ -26,6 +25,7 @@ from pocketlm.evaluate.options import TaskOptions
 from pocketlm.fsutil import atomic_write_json
 from pocketlm.inference.constrained import JSONConstraint, LabelConstraint
 from pocketlm.inference.engine import SamplingConfig, generate_ids
+from pocketlm.retrieval.grounding import find_grounding
 
 
 def _read_labels(spec: list[str] | None, refs: list[str]) -> list[str]:

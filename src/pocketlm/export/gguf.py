@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from pocketlm import runs
-from pocketlm.data.grounding import copy_grounding, sidecar
 from pocketlm.errors import UserError
+from pocketlm.retrieval.grounding import copy_grounding, sidecar
 
 QUANTS = ("f32", "f16", "q8_0")
 Q8_BLOCK = 32
@@ -74,7 +74,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "f16",
 
     `quant` is one of f32, f16, q8_0. If `out_path` is an existing directory the file is written
     into it as ``NAME-QUANT.gguf``. The file appears atomically. A grounded bot's grounding (see
-    pocketlm.data.grounding) is copied beside it as ``NAME.grounding/``, where `pocketlm chat` and
+    pocketlm.retrieval.grounding) is copied beside it as ``NAME.grounding/``, where `pocketlm chat` and
     `pocketlm eval` find it. Returns a summary dict with ``path``, ``bytes``, ``quant``, ``tensors``
     (count), ``parameters``, ``name``, ``tokenizer_pre`` and ``grounding`` (its path or None).
     """

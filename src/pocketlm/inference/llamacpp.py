@@ -98,7 +98,7 @@ def tokenize_gguf(path_or_llm, text: str, *, add_special: bool = True, parse_spe
     return list(llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special))
 
 
-def _check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                     repetition_penalty: float) -> None:
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
@@ -122,7 +122,7 @@ def generate_gguf(path: str | Path, prompt: str, *, max_new_tokens: int = 128, t
     after `max_new_tokens`, at an end-of-generation token (EOS, ``<|im_end|>``) or at any `stop`
     string (which is not included). Special-token text in the prompt (ChatML) is parsed as tokens.
     """
-    _check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     llm = load_gguf(path, n_ctx=n_ctx, n_threads=n_threads)
     kwargs = dict(max_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
                   top_p=float(top_p), min_p=0.0, typical_p=1.0, repeat_penalty=float(repetition_penalty),
@@ -210,36 +210,6 @@ def render_chat(path_or_llm, messages: list[dict], *, add_generation_prompt: boo
         raise
     except Exception as e:  # jinja2 raises many types for a bad template
         raise UserError(f"cannot render the GGUF file's chat template ({type(e).__name__}: {e})") from None
-
-
-def chat_gguf(path: str | Path, cfg, system: str | None = None, *, n_ctx: int = 0,
-              n_threads: int | None = None, grounding=None) -> None:
-    """`pocketlm chat FILE.gguf`: a terminal conversation run by llama.cpp.
-
-    `cfg` is a SamplingConfig. The oldest turns are dropped when the conversation outgrows the
-    context window; /reset clears it, /exit or Ctrl-D quits. `grounding` (the `FILE.grounding/`
-    exported beside a grounded bot) puts the known answer for each new question in view.
-    """
-    from pocketlm.serve.chat import announce, repl
-
-    _check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
-    llm = load_gguf(path, n_ctx=n_ctx, n_threads=n_threads)
-    context = llm.n_ctx()
-    first = [{"role": "system", "content": system}] if system else []
-    render_chat(llm, first + [{"role": "user", "content": "hi"}])  # fail early without a template
-
-    def respond(prompt: str):
-        return generate_gguf(path, prompt, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                             top_k=cfg.top_k, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty,
-                             seed=cfg.seed, stop=list(cfg.stop), stream=True, n_ctx=n_ctx, n_threads=n_threads)
-
-    announce(grounding)
-
-    def fit(messages):
-        shown = grounding.ground(messages) if grounding is not None else messages
-        return fit_chat(llm, shown, context, cfg.max_new_tokens, keep_system=bool(system) or grounding is not None)
-
-    repl(fit=fit, respond=respond, context=context, system=system)
 
 
 def fit_chat(llm, messages: list[dict], context: int, reserve: int, *,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from pocketlm.data.tokenizer import stop_token_ids
 from pocketlm.errors import UserError
 from pocketlm.inference.engine import SamplingConfig, stream_text
+from pocketlm.inference.llamacpp import check_sampling, fit_chat, generate_gguf, load_gguf, render_chat
 
 
 def fit_conversation(tokenizer, messages: list[dict], context: int, reserve: int) -> tuple[list[int], int]:
@@ -85,7 +87,7 @@ def announce(grounding) -> None:
 
 
 def chat_loop(model, tokenizer, cfg: SamplingConfig, system: str | None = None, grounding=None) -> None:
-    """`grounding` (pocketlm.data.grounding.Grounding): each reply is made with the closest known answer
+    """`grounding` (pocketlm.retrieval.grounding.Grounding): each reply is made with the closest known answer
     to the latest question in view, as in fine-tuning with --ground-field."""
     context = getattr(model.config, "max_position_embeddings", 2048)
     stops = stop_token_ids(tokenizer)
@@ -97,3 +99,31 @@ def chat_loop(model, tokenizer, cfg: SamplingConfig, system: str | None = None, 
 
     repl(fit=fit,
          respond=lambda ids: stream_text(model, tokenizer, ids, cfg, stops), context=context, system=system)
+
+
+def chat_gguf(path: str | Path, cfg, system: str | None = None, *, n_ctx: int = 0,
+              n_threads: int | None = None, grounding=None) -> None:
+    """`pocketlm chat FILE.gguf`: a terminal conversation run by llama.cpp.
+
+    `cfg` is a SamplingConfig. The oldest turns are dropped when the conversation outgrows the
+    context window; /reset clears it, /exit or Ctrl-D quits. `grounding` (the `FILE.grounding/`
+    exported beside a grounded bot) puts the known answer for each new question in view.
+    """
+    check_sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+    llm = load_gguf(path, n_ctx=n_ctx, n_threads=n_threads)
+    context = llm.n_ctx()
+    first = [{"role": "system", "content": system}] if system else []
+    render_chat(llm, first + [{"role": "user", "content": "hi"}])  # fail early without a template
+
+    def respond(prompt: str):
+        return generate_gguf(path, prompt, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                             top_k=cfg.top_k, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty,
+                             seed=cfg.seed, stop=list(cfg.stop), stream=True, n_ctx=n_ctx, n_threads=n_threads)
+
+    announce(grounding)
+
+    def fit(messages):
+        shown = grounding.ground(messages) if grounding is not None else messages
+        return fit_chat(llm, shown, context, cfg.max_new_tokens, keep_system=bool(system) or grounding is not None)
+
+    repl(fit=fit, respond=respond, context=context, system=system)

@@ -21,11 +21,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pocketlm import runs
 from pocketlm.data.augment import augment
-from pocketlm.data.grounding import ground_conversations, reference_targets
 from pocketlm.data.sft import SftFormat, encode_conversation, load_examples, pack
 from pocketlm.data.tokenizer import load_tokenizer
 from pocketlm.errors import UserError
 from pocketlm.model.io import resolve_model_dir, save_model
+from pocketlm.retrieval.grounding import ground_conversations, reference_targets
 from pocketlm.train import distributed, session
 from pocketlm.train.loop import BEST_INFO, Task, train
 from pocketlm.train.objectives import labelled_lm_loss, mean_loss

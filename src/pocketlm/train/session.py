@@ -48,7 +48,7 @@ def finish(start: Start, summary: dict, cfg, *, title: str, **figures) -> dict:
     RUN/summary.json (rank 0; the other processes get the summary back unchanged)."""
     if not start.main:
         return summary
-    from pocketlm.evaluate.plots import plot_losses
+    from pocketlm.train.plots import plot_losses
     plot = plot_losses(start.out_dir / runs.METRICS, start.out_dir / runs.LOSS_PLOT, title=title)
     summary.update({"tokens_per_s": round(summary["tokens"] / max(summary["elapsed"], 1e-9), 1), **figures,
                     "loss_plot": str(plot), "config": to_dict(cfg)})

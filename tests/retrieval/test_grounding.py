@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from pocketlm.data.grounding import (
+from pocketlm.errors import UserError
+from pocketlm.retrieval.grounding import (
     GROUNDING_DIR,
     REFERENCE,
     Grounding,
@@ -17,7 +18,6 @@ from pocketlm.data.grounding import (
     reference_targets,
     with_reference,
 )
-from pocketlm.errors import UserError
 
 FAQ = {
     "hours": [("When do you open on weekdays?", "We open at 9 am on weekdays."),
@@ -220,7 +220,8 @@ def test_exported_gguf_carries_its_grounding_to_chat(tiny_run, tmp_path, monkeyp
     import pocketlm.serve.chat as chat
     from pocketlm.export.gguf import export_gguf
     from pocketlm.inference.engine import SamplingConfig
-    from pocketlm.inference.llamacpp import chat_gguf, unload
+    from pocketlm.inference.llamacpp import unload
+    from pocketlm.serve.chat import chat_gguf
     from pocketlm.train.finetune import FinetuneConfig, finetune
     data = tmp_path / "faq.jsonl"
     data.write_text("".join(json.dumps({"question": q, "answer": a, "topic": t}) + "\n"
@@ -249,7 +250,7 @@ def test_fitting_and_loading_raise_no_library_warnings(tmp_path):
     """A raw scikit-learn warning (with a path inside the installed package) must never reach a user."""
     import warnings
 
-    from pocketlm.data.grounding import Grounding
+    from pocketlm.retrieval.grounding import Grounding
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         # one topic per entry, as a plain FAQ gives: past 20 examples scikit-learn guesses "a regression
