@@ -72,9 +72,10 @@ def one_process(shop_data, tmp_path_factory) -> Path:
     return out
 
 
-def test_two_processes_train_what_one_process_trains(shop_data, one_process, tmp_path):
+@pytest.mark.parametrize("engine", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_two_processes_train_what_one_process_trains(shop_data, one_process, tmp_path, engine):
     out = tmp_path / "two"
-    stdout = _run2(["pretrain", "--data", str(shop_data), "--out", str(out), "--max-steps", "12", *FLAGS])
+    stdout = _run2(["pretrain", "--data", str(shop_data), "--out", str(out), "--max-steps", "12", *FLAGS, *engine])
     assert stdout.count("trained 12 steps") == 1  # rank 0 alone reports
     one, two = _metrics(one_process), _metrics(out)
     assert [r["step"] for r in one] == [r["step"] for r in two]  # one writer: no line twice
@@ -88,9 +89,11 @@ def test_two_processes_train_what_one_process_trains(shop_data, one_process, tmp
     assert state["world_size"] == 2 and state["step"] == 12
 
 
-def test_a_killed_run_resumes_to_the_same_weights(shop_data, one_process, tmp_path):
+@pytest.mark.parametrize("engine", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_a_killed_run_resumes_to_the_same_weights(shop_data, one_process, tmp_path, engine):
     out = tmp_path / "killed"
-    args = ["pretrain", "--data", str(shop_data), "--out", str(out), "--max-steps", "12", "--save-interval", "3", *FLAGS]
+    args = ["pretrain", "--data", str(shop_data), "--out", str(out), "--max-steps", "12", "--save-interval", "3",
+            *FLAGS, *engine]
     p = _torchrun(args, start_new_session=True)
     deadline = time.time() + 300
     while not (out / "checkpoint" / "trainer_state.pt").exists():
@@ -141,3 +144,9 @@ def test_lora_fine_tuning_on_two_processes_matches_one(tiny_run, tmp_path):
     wa = load_file(str(tmp_path / "one" / "model" / "adapter_model.safetensors"))
     wb = load_file(str(tmp_path / "two" / "model" / "adapter_model.safetensors"))
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+
+
+def test_fsdp_in_one_process_says_it_changes_nothing(shop_data, tmp_path, capsys):
+    s = pretrain(_cfg(shop_data, tmp_path / "r", max_steps=2, fsdp=True))
+    assert s["step"] == 2
+    assert "--fsdp shards the model over the processes of a torchrun launch" in capsys.readouterr().err

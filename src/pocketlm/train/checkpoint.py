@@ -20,9 +20,9 @@ from pocketlm.model.io import save_model
 STATE = runs.TRAINER_STATE
 
 
-def save_checkpoint(run_dir: Path, model, tokenizer, optimizer, state: dict) -> Path:
+def save_checkpoint(run_dir: Path, model, tokenizer, optimizer_state: dict, state: dict) -> Path:
     state = dict(state)
-    state["optimizer"] = optimizer.state_dict()
+    state["optimizer"] = optimizer_state
     state["rng"] = {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,

@@ -12,6 +12,8 @@ the progress bar. Without torchrun (WORLD_SIZE unset or 1) all of this is a no-o
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -25,6 +27,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    sharded: bool = False  # FSDP: every process must run the same forward passes (they gather weights together)
 
     @property
     def enabled(self) -> bool:
@@ -129,11 +132,121 @@ class LossModule(torch.nn.Module):
         return self.loss_fn(self.model, batch)
 
 
-def wrap(model: torch.nn.Module, loss_fn, device: torch.device):
-    """(callable taking a batch -> (loss, n), DDP module or None)."""
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a transformers causal LM (the longest ModuleList: Llama's model.layers)."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+def wrap(model: torch.nn.Module, loss_fn, device: torch.device, *, fsdp: bool = False):
+    """(callable taking a batch -> (loss, n), the wrapping module or None).
+
+    DDP keeps a full copy of the model in every process. FSDP2 (`fully_shard`) shards the weights, gradients
+    and optimizer state over the processes: each decoder layer is its own unit (gathered for its forward and
+    backward, then freed) and the rest (embeddings, final norm, head) belongs to the root. The model's own
+    parameters become DTensors in place, so the optimizer is made after this."""
+    global _state
     if not _state.enabled:
         return (lambda batch: loss_fn(model, batch)), None
+    root = LossModule(model, loss_fn)
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+        _state = dataclasses.replace(_state, sharded=True)
+        for layer in decoder_layers(model):
+            fully_shard(layer)
+        fully_shard(root)
+        return root, root
     from torch.nn.parallel import DistributedDataParallel as DDP
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    ddp = DDP(LossModule(model, loss_fn), device_ids=ids)
+    ddp = DDP(root, device_ids=ids)
     return ddp, ddp
+
+
+def is_sharded(wrapper) -> bool:
+    return wrapper is not None and not isinstance(wrapper, torch.nn.parallel.DistributedDataParallel)
+
+
+@contextlib.contextmanager
+def gradient_sync(wrapper, sync: bool):
+    """Within the block, backward averages gradients over the processes only if `sync` (the last micro-batch
+    of a step); the micro-batches before it accumulate locally."""
+    if wrapper is None or sync:
+        yield
+    elif is_sharded(wrapper):
+        wrapper.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            wrapper.set_requires_gradient_sync(True)
+    else:
+        with wrapper.no_sync():
+            yield
+
+
+@contextlib.contextmanager
+def gathered(wrapper):
+    """Under FSDP: the root's weights (embeddings, norm, head) gathered, so that code calling the model's parts
+    directly (validation) can run; the decoder layers gather themselves in their forward."""
+    if not is_sharded(wrapper):
+        yield
+        return
+    # FSDP learns which module is the root from the first forward; validation before the first training step
+    # would make a decoder layer the root. torch has no public call for this (tests/train/test_distributed.py
+    # fails if it goes away)
+    wrapper._get_fsdp_state()._lazy_init()
+    wrapper.unshard()
+    try:
+        yield
+    finally:
+        wrapper.reshard()
+
+
+def scalar(value) -> float:
+    """A Python float from a tensor, a DTensor (FSDP's gradient norm) or a number."""
+    if hasattr(value, "full_tensor"):
+        value = value.full_tensor()
+    return float(value)
+
+
+def _full_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def unsharded(model: torch.nn.Module):
+    """The model to save: itself, or when FSDP has sharded it a full copy gathered to rank 0 (None on the
+    other processes). Every process must call it (it is a collective). The verbs call it after training."""
+    from torch.distributed.tensor import DTensor
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return model
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from transformers import AutoModelForCausalLM
+    weights = get_model_state_dict(model, options=_full_options(cpu_offload=True))
+    if not _state.main:
+        return None
+    copy = AutoModelForCausalLM.from_config(model.config, dtype=next(iter(weights.values())).dtype)
+    copy.load_state_dict(weights, strict=False)
+    copy.tie_weights()
+    copy.generation_config = model.generation_config
+    return copy
+
+
+def optimizer_state(wrapper, optimizer) -> dict:
+    """The optimizer's state to checkpoint (under FSDP, gathered to rank 0 by parameter name). A collective."""
+    if not is_sharded(wrapper):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    return {"fsdp_full": get_optimizer_state_dict(wrapper, optimizer, options=_full_options(cpu_offload=True))}
+
+
+def load_optimizer_state(wrapper, optimizer, saved: dict, where) -> None:
+    sharded = is_sharded(wrapper)
+    if sharded and "fsdp_full" not in saved:
+        raise UserError(f"{where}: this checkpoint was written without --fsdp; resume it without --fsdp")
+    if not sharded and "fsdp_full" in saved:
+        raise UserError(f"{where}: this checkpoint was written with --fsdp; resume it under torchrun with --fsdp")
+    if not sharded:
+        optimizer.load_state_dict(saved)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    set_optimizer_state_dict(wrapper, optimizer, saved["fsdp_full"], options=_full_options())

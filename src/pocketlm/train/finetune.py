@@ -206,6 +206,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     best_dir = out_dir / runs.BEST if cfg.keep_best else None
     summary = train(model, tokenizer, task, cfg, out_dir, best_dir=best_dir, start=start,
                     run_info={"kind": "finetune", "base": str(base_dir), "lora": cfg.lora})
+    model = distributed.unsharded(model)  # under --fsdp, the shards gathered on rank 0
     if not dist.main:  # under torchrun, rank 0 writes the model, the plot and the summary
         return summary
     final = out_dir / runs.MODEL

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from pocketlm import runs
 from pocketlm.device import autocast, dtype_name, resolve_dtype, training_attention
 from pocketlm.errors import UserError
-from pocketlm.model.io import save_model
+from pocketlm.model.io import is_adapter, save_model
 from pocketlm.train import distributed
 from pocketlm.train.average import WeightAverage
 from pocketlm.train.checkpoint import load_state, restore_rng, save_checkpoint
@@ -187,10 +187,12 @@ class Best:
         return cls(directory)
 
     def offer(self, result: dict, step: int, model, tokenizer, main: bool) -> None:
+        """Every process calls it (validation losses are reduced, so all agree; FSDP gathers the weights)."""
         if self.directory is not None and result.get("val_loss", float("inf")) < self.val_loss:
             self.val_loss = result["val_loss"]
+            weights = distributed.unsharded(model)
             if main:
-                save_model(model, tokenizer, self.directory,
+                save_model(weights, tokenizer, self.directory,
                            extra_files={BEST_INFO: {"step": step, "val_loss": self.val_loss}})
 
 
@@ -204,24 +206,30 @@ def _averaged(ema: WeightAverage | None):
     return ema.swapped_in() if ema is not None else contextlib.nullcontext()
 
 
-def _evaluate(model, task: Task, device, amp_dtype) -> dict:
+def _evaluate(model, task: Task, device, amp_dtype, wrapper) -> dict:
     model.eval()
-    with torch.no_grad(), autocast(device, amp_dtype):
+    with torch.no_grad(), autocast(device, amp_dtype), distributed.gathered(wrapper):
         result = task.evaluate(model)
     model.train()
     return result
 
 
-def _resume(start: Start, model, optimizer, metrics_path: Path) -> dict:
-    """Restore weights, optimizer and RNG states from the checkpoint; the trainer state, or {} for a new run."""
+def _resume_weights(start: Start, model, metrics_path: Path) -> dict:
+    """Restore the weights from the checkpoint (before the model is wrapped for several processes); the trainer
+    state, or {} for a new run. The optimizer and RNG states follow in `_resume_rest`."""
     if start.checkpoint is None:
         if start.main:
             metrics_path.write_text("", encoding="utf-8")
         return {}
+    _restore_weights(model, start.checkpoint, start.device)
+    return load_state(start.checkpoint)
+
+
+def _resume_rest(start: Start, state: dict, wrapper, optimizer, metrics_path: Path) -> None:
+    if not state:
+        return
     ckpt = start.checkpoint
-    state = load_state(ckpt)
-    _restore_weights(model, ckpt, start.device)
-    optimizer.load_state_dict(state["optimizer"])
+    distributed.load_optimizer_state(wrapper, optimizer, state["optimizer"], ckpt)
     restore_rng(state)
     if start.main:
         _truncate_metrics(metrics_path, state["step"])
@@ -234,20 +242,19 @@ def _resume(start: Start, model, optimizer, metrics_path: Path) -> dict:
     return state
 
 
-def _step(forward, ddp, task: Task, step: int, cfg: LoopConfig, dist, device, amp_dtype) -> tuple[torch.Tensor, int]:
+def _step(forward, wrapper, task: Task, step: int, cfg: LoopConfig, dist, device, amp_dtype) -> tuple[torch.Tensor, int]:
     """Forward and backward over the step's micro-batches: (this process's share of the loss, target tokens)."""
     step_loss = torch.zeros((), device=device)
     step_tokens = 0
     for micro in range(cfg.grad_accum):
         batch = distributed.my_rows(task.batch(step, micro))
         # gradients are averaged over processes once per step, after the last micro-batch
-        sync = ddp.no_sync() if ddp is not None and micro < cfg.grad_accum - 1 else contextlib.nullcontext()
-        with sync:
+        with distributed.gradient_sync(wrapper, sync=micro == cfg.grad_accum - 1):
             with autocast(device, amp_dtype):
                 loss, n = forward(batch)
             if dist.enabled:
                 # each process's mean weighted by its share of the batch's target tokens, times the world size
-                # that DDP's averaging divides by: the gradient of the whole batch's mean
+                # that DDP's (and FSDP's) averaging divides by: the gradient of the whole batch's mean
                 n_all = distributed.all_sum(n)
                 loss = loss * (n * dist.world / n_all.clamp(min=1))
                 n = n_all
@@ -255,6 +262,22 @@ def _step(forward, ddp, task: Task, step: int, cfg: LoopConfig, dist, device, am
         step_loss += loss.detach() / (cfg.grad_accum * dist.world)
         step_tokens += n
     return step_loss, step_tokens
+
+
+def _check_fsdp(cfg: LoopConfig, model, dist) -> bool:
+    if not cfg.fsdp:
+        return False
+    if not dist.enabled:
+        if dist.main:
+            print("note: --fsdp shards the model over the processes of a torchrun launch; "
+                  "in one process it changes nothing", file=sys.stderr)
+        return False
+    if is_adapter(model):
+        raise UserError("--fsdp with --lora: LoRA trains a few MB of adapter, which every process holds whole; "
+                        "leave out --fsdp (DDP is the default)")
+    if cfg.ema:
+        raise UserError("--fsdp with --ema: the weight average is not sharded yet; leave out one of them")
+    return True
 
 
 def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_dir: str | Path,
@@ -272,6 +295,7 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
         raise UserError("give a training budget: --max-steps, --max-tokens or --max-time")
     if not 0.0 <= cfg.ema < 1.0:
         raise UserError(f"--ema {cfg.ema}: give a decay between 0 (off) and 1, e.g. 0.995")
+    fsdp = _check_fsdp(cfg, model, dist)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -280,30 +304,32 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
     inference_attention = model.config._attn_implementation
     attention = training_attention(cfg.attention, device, task.context)
     model.set_attn_implementation(attention)  # not saved: config.json never records it
-    optimizer = make_optimizer(model, cfg, device)
-
     metrics_path = out_dir / runs.METRICS
-    state = _resume(start, model, optimizer, metrics_path)
+    state = _resume_weights(start, model, metrics_path)
+    # compiling the loss with the model puts the head, the cast to fp32 and the cross-entropy in one graph
+    # (10% faster than compiling the model alone: 12M model, bf16, 2-core CPU)
+    loss_fn = torch.compile(task.loss) if cfg.compile else task.loss
+    # with several processes: DDP (or FSDP2) over the model and its objective; each process trains on its rows
+    forward, wrapper = distributed.wrap(model, loss_fn, device, fsdp=fsdp)
+    optimizer = make_optimizer(model, cfg, device)  # after wrapping: FSDP replaces the parameters with shards
+    _resume_rest(start, state, wrapper, optimizer, metrics_path)
     step, tokens, elapsed = state.get("step", 0), state.get("tokens", 0), state.get("elapsed", 0.0)
     # made after a resume has restored the weights: --ema first given on --resume averages from there
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None
     if ema is not None and state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
     best = Best.resumed(best_dir, start.checkpoint is not None)
-    # compiling the loss with the model puts the head, the cast to fp32 and the cross-entropy in one graph
-    # (10% faster than compiling the model alone: 12M model, bf16, 2-core CPU)
-    loss_fn = torch.compile(task.loss) if cfg.compile else task.loss
-    # with several processes: DDP over the model and its objective; each process trains on its rows of the batch
-    forward, ddp = distributed.wrap(model, loss_fn, device)
 
     def log(record: dict) -> None:
         if main:
             _append(metrics_path, record)
 
     def checkpoint() -> None:
-        interval_state = interval.saved()  # every process takes part in summing the interval's loss
+        # every process takes part: summing the interval's loss, and under FSDP gathering weights and optimizer
+        interval_state = interval.saved()
+        weights, optimizer_state = distributed.unsharded(model), distributed.optimizer_state(wrapper, optimizer)
         if main:
-            save_checkpoint(out_dir, model, tokenizer, optimizer,
+            save_checkpoint(out_dir, weights, tokenizer, optimizer_state,
                             {"step": step, "tokens": tokens, "elapsed": elapsed, "config": dataclasses.asdict(cfg),
                              "run": run_info or {}, "interval": interval_state, "world_size": dist.world,
                              "ema": None if ema is None else ema.state_dict()})
@@ -315,7 +341,7 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
     if step == 0 and cfg.eval_at_start:
         bar.set_postfix_str("measuring the starting validation loss")  # minutes for a 135M model on CPU
         with _averaged(ema):
-            last_val = _evaluate(model, task, device, amp_dtype)
+            last_val = _evaluate(model, task, device, amp_dtype, wrapper)
             best.offer(last_val, step, model, tokenizer, main)
         bar.set_postfix_str("training", refresh=False)
         log({"step": 0, "tokens": 0, "elapsed": 0.0, **last_val})
@@ -328,7 +354,7 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
                        schedule=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio, decay_fraction=cfg.decay_fraction)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            step_loss, step_tokens = _step(forward, ddp, task, step, cfg, dist, device, amp_dtype)
+            step_loss, step_tokens = _step(forward, wrapper, task, step, cfg, dist, device, amp_dtype)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -348,13 +374,13 @@ def train(model: torch.nn.Module, tokenizer, task: Task, cfg: LoopConfig, out_di
                 loss_value, tps = interval.close(step)
                 log({"step": step, "tokens": tokens, "elapsed": round(elapsed, 3), "loss": round(loss_value, 5),
                      "lr": lr, "tok_per_s": round(tps, 1),
-                     "grad_norm": None if grad_norm is None else round(float(grad_norm), 4)})
+                     "grad_norm": None if grad_norm is None else round(distributed.scalar(grad_norm), 4)})
                 bar.set_postfix_str(f"step {step}, loss {loss_value:.3f}, {tps:,.0f} tok/s", refresh=False)
             done = progress(cfg, max_time, step, tokens, elapsed) >= 1.0
             bar.update(min(progress(cfg, max_time, step, tokens, elapsed), 1.0) * 100 - bar.n)  # redraws <= 2/s
             if step % cfg.eval_interval == 0 or done:
                 with _averaged(ema):
-                    last_val = _evaluate(model, task, device, amp_dtype)
+                    last_val = _evaluate(model, task, device, amp_dtype, wrapper)
                     best.offer(last_val, step, model, tokenizer, main)
                 log({"step": step, "tokens": tokens, "elapsed": round(elapsed, 3), **last_val})
                 if main:

@@ -50,16 +50,23 @@ def labelled_lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
 
 def mean_loss(model, batches, loss=lm_loss) -> float:
     """Token-weighted mean `loss` over `batches` (for validation). Under torchrun each process scores every
-    world-size-th batch and the sums are added up, so every process gets the one-process figure."""
+    world-size-th batch and the sums are added up, so every process gets the one-process figure. Under FSDP
+    every process must run as many forward passes as the others (each gathers weights with them): one that
+    has fewer batches runs its last one again and does not count it."""
     from pocketlm.train import distributed
     dist = distributed.current()
-    total, count = 0.0, 0
+    total, count, mine, seen, last = 0.0, 0, 0, 0, None
     for i, batch in enumerate(batches):
+        seen, last = i + 1, batch
         if i % dist.world != dist.rank:
             continue
         value, n = loss(model, batch)
         total += float(value) * int(n)
         count += int(n)
+        mine += 1
+    if dist.sharded:
+        for _ in range(-(-seen // dist.world) - mine):
+            loss(model, last)
     if dist.enabled:
         total, count = distributed.all_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     return total / max(count, 1)

@@ -44,6 +44,9 @@ class LoopConfig:
                            "contexts up to 512 tokens, where it is faster; PyTorch's SDPA otherwise), sdpa, eager",
                            choices=["auto", "sdpa", "eager"])
     device: str = field("auto", "auto, cpu, cuda, cuda:N or mps")
+    fsdp: bool = field(False, "under torchrun: shard the weights, gradients and optimizer state over the processes "
+                              "(FSDP2) instead of a whole copy in each (DDP, the default); for models that do not "
+                              "fit one device")
     resume: bool = field(False, "continue from OUT/checkpoint")
     progress: bool = field(True, "show a progress bar")
 

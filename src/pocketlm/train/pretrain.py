@@ -17,7 +17,7 @@ from pocketlm.data.tokenizer import load_tokenizer, stop_token_ids
 from pocketlm.errors import UserError
 from pocketlm.model.io import resolve_model_dir, save_model
 from pocketlm.model.presets import flops_per_token, get_preset, llama_config
-from pocketlm.train import session
+from pocketlm.train import distributed, session
 from pocketlm.train.batches import TokenWindows
 from pocketlm.train.loop import Task, train
 from pocketlm.train.objectives import lm_loss, mean_loss
@@ -92,9 +92,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
     t0 = time.time()
     summary = train(model, tokenizer, task, cfg, start.out_dir, start=start,
                     run_info={"kind": "pretrain", "data": str(data_dir)})
+    trained = distributed.unsharded(model)  # under --fsdp, the shards gathered on rank 0
     if not start.main:  # under torchrun, rank 0 writes the model, the plot and the summary
         return summary
-    final = save_model(model.float(), tokenizer, start.out_dir / runs.MODEL)
+    final = save_model(trained.float(), tokenizer, start.out_dir / runs.MODEL)
     tps = summary["tokens"] / max(summary["elapsed"], 1e-9)
     return session.finish(start, summary, cfg, title=f"{cfg.model if not cfg.init else Path(cfg.init).name} on {data_dir}",
                           parameters=n_params, context=context,
