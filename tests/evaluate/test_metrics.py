@@ -165,6 +165,38 @@ def test_macro_f1_out_of_set_prediction():
         macro_f1(["a"], ["a"], labels=["z"])
 
 
+def _macro_f1_by_definition(preds, refs, labels=None):
+    """The documented definition, written out: mean over the classes that occur of 2TP / (2TP + FP + FN)."""
+    p, r = [x.strip() for x in preds], [x.strip() for x in refs]
+    classes = set(labels) if labels is not None else set(p) | set(r)
+    scores = []
+    for c in sorted(classes):
+        tp = sum(a == b == c for a, b in zip(p, r, strict=True))
+        fp = sum(a == c != b for a, b in zip(p, r, strict=True))
+        fn = sum(b == c != a for a, b in zip(p, r, strict=True))
+        if 2 * tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_macro_f1_is_sklearn_with_the_documented_classes(seed):
+    import random
+    import warnings
+
+    rng = random.Random(seed)
+    refs = [rng.choice("abcd") for _ in range(rng.randint(1, 30))]
+    preds = [rng.choice(["a", "b", "c", "e", " a "]) for _ in refs]  # e: only ever predicted; d: only true
+    labels = rng.choice([None, ["a", "b", "z"], ["a", "b", "c", "d", "e"]])  # z: never seen, left out
+    if labels is not None and not set(labels) & set(refs + [p.strip() for p in preds]):
+        labels = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn's zero-division warnings never fire
+        got = macro_f1(preds, refs, labels=labels)
+    assert got == approx(_macro_f1_by_definition(preds, refs, labels))
+    assert accuracy(preds, refs) == approx(sum(p.strip() == r for p, r in zip(preds, refs, strict=True)) / len(refs))
+
+
 # ----------------------------------------------------------------------------- commands
 
 

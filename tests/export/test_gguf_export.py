@@ -242,6 +242,12 @@ def test_failed_export_keeps_old_file(model_copy, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "keep.gguf"]  # no temp file left
 
 
+def test_unwritable_destination_is_a_user_error(model_copy, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(UserError, match=r"a-file/x.gguf: cannot write there"):
+        export_gguf(model_copy, tmp_path / "a-file" / "x.gguf")
+
+
 def test_unsupported_pre_tokenizer_is_a_user_error(model_copy, model_text, retokenize, tmp_path):
     from tokenizers import pre_tokenizers
 

@@ -231,6 +231,29 @@ def test_chat_template_renders_like_transformers(llama_cpp, gguf_files, hf):
     assert tokenize_gguf(path, prompt, n_ctx=256, n_threads=1) == list(want)  # one BOS, added by llama.cpp
 
 
+def test_llama_cpp_and_transformers_chats_drop_the_same_turns(llama_cpp, gguf_files, hf):
+    """fit_chat (llama.cpp) and fit_conversation (transformers) share one rule (inference/window.py)."""
+    from pocketlm.inference.llamacpp import fit_chat, load_gguf, tokenize_gguf
+    from pocketlm.serve.chat import fit_conversation
+
+    _, tok = hf
+    llm = load_gguf(gguf_files["f16"]["path"], n_ctx=256, n_threads=1)
+    messages = [{"role": "system", "content": "Be brief."}]
+    for i in range(12):
+        messages += [{"role": "user", "content": f"Question number {i} about the returns policy?"},
+                     {"role": "assistant", "content": f"Answer number {i}: thirty days."}]
+    messages.append({"role": "user", "content": "Last question?"})
+    prompt, dropped = fit_chat(llm, messages, context=160, reserve=40)
+    ids, dropped_hf = fit_conversation(tok, messages, context=160, reserve=40)
+    assert dropped == dropped_hf > 0 and dropped % 2 == 0
+    assert tokenize_gguf(llm, prompt) == ids and len(ids) + 40 <= 160
+    assert "Be brief." in prompt and "Last question?" in prompt and "number 0 " not in prompt
+    huge = [{"role": "user", "content": "word " * 400}]
+    with pytest.raises(UserError, match="do not fit in the context window of 160"):
+        fit_chat(llm, huge, context=160, reserve=40)
+    assert len(fit_conversation(tok, huge, context=160, reserve=40)[0]) == 120  # transformers keeps the end
+
+
 def test_chat_loop(llama_cpp, gguf_files, monkeypatch, capsys):
     from pocketlm.inference.engine import SamplingConfig
     from pocketlm.serve.chat import chat_gguf

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pocketlm.bot.answer import Bot
-from pocketlm.data.sft import iter_records, iter_table
+from pocketlm.data.sft import iter_records
 from pocketlm.errors import UserError
 from pocketlm.evaluate import metrics
 
@@ -33,8 +33,7 @@ def evaluate_bot(bot: Bot, data: list[str] | str, opts, progress: bool = True) -
     paths = [data] if isinstance(data, str) else list(data)
     examples = []  # (question, key): the answer field is not needed, and empty for questions to decline
     for path in map(Path, paths):
-        records = (iter_table(path, opts.columns) if path.suffix.lower() in (".csv", ".tsv") else iter_records(path))
-        for line, rec in records:
+        for line, rec in iter_records(path, opts.columns):
             if not isinstance(rec, dict) or not str(rec.get(opts.prompt_field) or "").strip():
                 raise UserError(f"{path}:{line}: no question in field {opts.prompt_field!r} (--prompt-field)")
             if opts.key_field not in rec:

@@ -6,6 +6,9 @@ Accepted files:
                   --completion-field, or filled by --prompt-template / --completion-template)
   .csv / .tsv     a header row; columns picked the same way (--columns names them when there is no header)
 
+Files are read by the one record reader (`pocketlm.data.sources.read_records`: the TSV quoting rule,
+line numbers, UTF-8 checks) and templates filled by `sources.Template`, as `pocketlm prepare` does.
+
 Every record becomes a conversation, rendered with the tokenizer's chat template. Only assistant
 turns are trained on: their content and the end-of-turn token that follows (so the model learns to
 stop); system and user tokens get the label -100. Bad records are reported with file and line.
@@ -13,21 +16,28 @@ stop); system and user tokens get the label -100. Bad records are reported with 
 
 from __future__ import annotations
 
-import csv
-import json
 import random
-import string
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pocketlm.data.sources import (
+    KINDS,
+    RECORD_KINDS,
+    BadFile,
+    BadRecord,
+    Record,
+    Reporter,
+    Template,
+    location,
+    read_records,
+)
 from pocketlm.data.tokenizer import stop_token_ids
 from pocketlm.errors import UserError
 
 ROLES = ("system", "user", "assistant")
 IGNORE = -100
-csv.field_size_limit(1 << 30)
 
 
 @dataclass
@@ -40,104 +50,96 @@ class SftFormat:
     columns: list[str] | None = None
 
 
-def iter_records(path: Path) -> Iterator[tuple[int, object]]:
-    """(line number, record) for every record of a .jsonl, .json, .csv or .tsv file."""
-    suffix = path.suffix.lower()
+def _kind(path: Path) -> str:
     if not path.exists():
         raise UserError(f"{path}: no such file")
+    kind = KINDS.get(path.suffix.lower())
+    if kind not in RECORD_KINDS:
+        raise UserError(f"{path}: unsupported file type {path.suffix or '(none)'}; use .jsonl, .json, .csv or .tsv")
+    return kind
+
+
+def read_file_records(path: str | Path, reporter: Reporter, columns: list[str] | None = None) -> Iterator[Record]:
+    """The records of one .jsonl/.json/.csv/.tsv file through the one record reader
+    (:func:`pocketlm.data.sources.read_records`). Bad records go to `reporter`; a file that cannot be read
+    at all is a `UserError` naming it (and the line)."""
+    path = Path(path)
+    kind = _kind(path)
     try:
-        if suffix in (".jsonl", ".ndjson"):
-            with open(path, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        yield n, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        elif suffix == ".json":
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(data, list):
-                raise UserError(f"{path}: expected a JSON array of records")
-            yield from enumerate(data, 1)
-        elif suffix in (".csv", ".tsv"):
-            raise AssertionError("use iter_table")
-        else:
-            raise UserError(f"{path}: unsupported file type {suffix or '(none)'}; use .jsonl, .json, .csv or .tsv")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+        yield from read_records(path, kind, str(path), reporter, columns=columns)
+    except BadFile as e:
+        raise UserError(f"{location(str(path), e.line)}: {e.reason}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: invalid UTF-8 (the file changed while it was read)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def iter_table(path: Path, columns: list[str] | None) -> Iterator[tuple[int, dict]]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f, delimiter=delimiter)
-            header = columns
-            for row in reader:
-                if header is None:
-                    header = [h.strip() for h in row]
-                    continue
-                if not any(cell.strip() for cell in row):
-                    continue
-                if len(row) != len(header):
-                    raise UserError(f"{path}:{reader.line_num}: {len(row)} columns, expected {len(header)} "
-                                    f"({', '.join(header)})")
-                yield reader.line_num, dict(zip(header, row, strict=True))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+def iter_records(path: str | Path, columns: list[str] | None = None) -> Iterator[tuple[int, object]]:
+    """(line, record) for every record of a .jsonl, .json, .csv or .tsv file (for a .json array the
+    item number stands for the line); any bad record is a `UserError` naming the file and line."""
+    for record in read_file_records(path, Reporter(strict=True), columns):
+        yield record.line, record.value
 
 
-def _fill(template: str, record: dict, where: str) -> str:
-    names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
-    missing = [n for n in names if n not in record]
-    if missing:
-        raise UserError(f"{where}: no field {missing[0]!r} for the template (fields: {', '.join(map(str, record))})")
-    return template.format(**{n: record[n] for n in names})
+def iter_table(path: str | Path, columns: list[str] | None) -> Iterator[tuple[int, dict]]:
+    """`iter_records` for a .csv or .tsv file (kept for callers that name the table case)."""
+    return iter_records(path, columns)  # type: ignore[return-value]
 
 
-def to_messages(record: object, fmt: SftFormat, where: str) -> list[dict]:
-    """Validate one record and return it as a list of chat messages ending with an assistant turn."""
+class _Templates:
+    def __init__(self, fmt: SftFormat):
+        self.prompt = Template(fmt.prompt_template, "--prompt-template") if fmt.prompt_template else None
+        self.completion = (Template(fmt.completion_template, "--completion-template")
+                           if fmt.completion_template else None)
+
+
+def _messages(record: object, fmt: SftFormat, templates: _Templates) -> list[dict]:
+    """One record as a list of chat messages ending with an assistant turn; `BadRecord` says what is wrong."""
     if not isinstance(record, dict):
-        raise UserError(f"{where}: expected an object, got {type(record).__name__}")
+        raise BadRecord(f"expected an object, got {type(record).__name__}")
     if "messages" in record:
         messages = record["messages"]
         if not isinstance(messages, list) or not messages:
-            raise UserError(f"{where}: 'messages' must be a non-empty list")
+            raise BadRecord("'messages' must be a non-empty list")
         for i, m in enumerate(messages, 1):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise UserError(f"{where}: message {i} needs 'role' and 'content'")
+                raise BadRecord(f"message {i} needs 'role' and 'content'")
             if m["role"] not in ROLES:
-                raise UserError(f"{where}: message {i} has role {m['role']!r}; use system, user or assistant")
+                raise BadRecord(f"message {i} has role {m['role']!r}; use system, user or assistant")
             if not isinstance(m["content"], str):
-                raise UserError(f"{where}: message {i} content must be a string")
+                raise BadRecord(f"message {i} content must be a string")
             if m["role"] == "assistant" and not m["content"].strip():
-                raise UserError(f"{where}: message {i} is an empty assistant answer")
+                raise BadRecord(f"message {i} is an empty assistant answer")
         if not any(m["role"] == "assistant" for m in messages):
-            raise UserError(f"{where}: no assistant message to learn from")
+            raise BadRecord("no assistant message to learn from")
         if messages[-1]["role"] != "assistant":
-            raise UserError(f"{where}: the last message must be the assistant's")
+            raise BadRecord("the last message must be the assistant's")
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     else:
-        prompt = _fill(fmt.prompt_template, record, where) if fmt.prompt_template else record.get(fmt.prompt_field)
-        completion = (_fill(fmt.completion_template, record, where) if fmt.completion_template
-                      else record.get(fmt.completion_field))
+        prompt = templates.prompt.fill(record) if templates.prompt else record.get(fmt.prompt_field)
+        completion = templates.completion.fill(record) if templates.completion else record.get(fmt.completion_field)
         if prompt is None or completion is None:
             missing = fmt.prompt_field if prompt is None else fmt.completion_field
-            raise UserError(f"{where}: no field {missing!r} (fields: {', '.join(map(str, record))}); "
+            raise BadRecord(f"no field {missing!r} (fields: {', '.join(map(str, record))}); "
                             "name them with --prompt-field/--completion-field or use templates")
         prompt, completion = str(prompt), str(completion)
         if not prompt.strip():
-            raise UserError(f"{where}: empty prompt")
+            raise BadRecord("empty prompt")
         if not completion.strip():
-            raise UserError(f"{where}: empty answer")
+            raise BadRecord("empty answer")
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
     if fmt.system and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": fmt.system}, *messages]
     return messages
+
+
+def to_messages(record: object, fmt: SftFormat, where: str) -> list[dict]:
+    """Validate one record and return it as a list of chat messages ending with an assistant turn."""
+    try:
+        return _messages(record, fmt, _Templates(fmt))
+    except BadRecord as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def load_conversations(paths: list[str | Path], fmt: SftFormat, strict: bool = True) -> list[tuple[str, list[dict]]]:
@@ -146,19 +148,22 @@ def load_conversations(paths: list[str | Path], fmt: SftFormat, strict: bool = T
 
 
 def load_examples(paths: list[str | Path], fmt: SftFormat, strict: bool = True) -> list[tuple[str, list[dict], object]]:
-    """[(where, messages, raw record)] for every record (see load_conversations)."""
+    """[(where, messages, raw record)] for every record (see load_conversations).
+
+    A bad record (invalid JSON, a short row, a missing field, an empty answer) is a `UserError` naming the
+    file and line; with strict=False it is skipped with a warning instead. A file that cannot be read at
+    all is always an error."""
+    templates = _Templates(fmt)
+    reporter = Reporter(strict=strict, counted_in=None)
     out = []
     for path in map(Path, paths):
-        records = (iter_table(path, fmt.columns) if path.suffix.lower() in (".csv", ".tsv")
-                   else iter_records(path))
-        for line, record in records:
-            where = f"{path}:{line}"
+        for record in read_file_records(path, reporter, fmt.columns):
             try:
-                out.append((where, to_messages(record, fmt, where), record))
-            except UserError as e:
-                if strict:
-                    raise
-                print(f"warning: {e} (skipped)", file=sys.stderr)
+                out.append((record.where(str(path)), _messages(record.value, fmt, templates), record.value))
+            except BadRecord as e:
+                reporter.bad(str(path), record, str(e))
+    if reporter.skipped_records:
+        print(f"warning: skipped {reporter.skipped_records} bad record(s)", file=sys.stderr)
     if not out:
         raise UserError(f"{', '.join(map(str, paths))}: no usable examples")
     return out

@@ -1,5 +1,9 @@
 """Reading the user's files: finding them, checking them, and turning them into raw documents.
 
+Record files (JSONL, JSON, CSV, TSV) are read by `read_records`, the one reader of records that
+`prepare`, fine-tuning, evaluation and the bot share (see docs/data.md, "Records"); `Template` is the
+one `{field}` template rule.
+
 Every reader streams: a file is read in bounded pieces and documents longer than `MAX_DOC_CHARS`
 are cut (at a blank line, else a newline, else a space), so a 1 GB single-line file never becomes
 one giant string. Problems with the input are handed to a `Reporter`, which either warns and lets
@@ -17,7 +21,7 @@ import re
 import string
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -88,9 +92,11 @@ def location(display: str, line: int | None) -> str:
 class Reporter:
     """Collects input problems: warns and counts them, or raises `UserError` in strict mode."""
 
-    def __init__(self, strict: bool = False, emit: Callable[[str], None] | None = None):
+    def __init__(self, strict: bool = False, emit: Callable[[str], None] | None = None,
+                 counted_in: str | None = "stats.json"):
         self.strict = strict
         self.emit = emit or (lambda msg: print(msg, file=sys.stderr))
+        self.counted_in = counted_in  # where the problems not shown are counted (None: nowhere)
         self.skipped_files: list[dict] = []
         self.skipped_records = 0
         self.problems: list[str] = []  # the first messages, for stats.json
@@ -120,7 +126,15 @@ class Reporter:
         if n <= _MAX_WARNINGS_PER_FILE:
             self.emit(f"warning: {message}")
         if n == _MAX_WARNINGS_PER_FILE:
-            self.emit(f"warning: {display}: further problems in this file are counted in stats.json, not shown")
+            where = f"are counted in {self.counted_in}, not shown" if self.counted_in else "are not shown"
+            self.emit(f"warning: {display}: further problems in this file {where}")
+
+    def bad(self, display: str, record: Record, reason: str) -> None:
+        """A problem with one record from :func:`read_records` (its line, or its item of a .json array)."""
+        if record.item:
+            self.bad_record(display, None, f"item {record.line}: {reason}")
+        else:
+            self.bad_record(display, record.line, reason)
 
     def note(self, message: str) -> None:
         self.emit(f"note: {message}")
@@ -431,7 +445,13 @@ def read_html(f: io.TextIOBase, source: str, builder: DocBuilder) -> Iterator[Ra
 
 
 # --------------------------------------------------------------------------------------------------
-# Documents from records (JSONL, JSON, CSV, TSV)
+# Records (JSONL, JSON, CSV, TSV): the one reader of record files
+#
+# `prepare` turns records into documents, fine-tuning and evaluation (data/sft.py) into conversations,
+# the bot (retrieval/faq.py) into FAQ entries, `pocketlm split` into shuffled halves: all of them read
+# through `read_records`, so a file means the same to each, and they fill templates with `Template`.
+
+RECORD_KINDS = ("jsonl", "json", "csv", "tsv")
 
 
 def _type_name(v: Any) -> str:
@@ -445,25 +465,44 @@ def _names(keys, limit: int = 8) -> str:
     return shown or "none"
 
 
-class Template:
-    """A `str.format` template filled from a record's fields, e.g. "Q: {question}\\nA: {answer}"."""
+@dataclass
+class Record:
+    """One record of a .jsonl, .json, .csv or .tsv file, as :func:`read_records` yields it."""
 
-    def __init__(self, template: str):
+    value: Any  # the JSON value; for CSV/TSV a dict of column name -> cell text
+    line: int  # 1-based line where the record starts; for an item of a .json array, its item number
+    item: bool = False  # an item of a .json array (parsed whole, so it has no line of its own)
+
+    def where(self, display: str) -> str:
+        """`file:line`, or `file: item N` for an item of a .json array."""
+        return f"{display}: item {self.line}" if self.item else f"{display}:{self.line}"
+
+
+class Template:
+    """A `str.format` template filled from a record's fields, e.g. "Q: {question}\\nA: {answer}".
+
+    The one template rule of every stage that reads records (`prepare --template`, fine-tuning's and
+    evaluation's `--prompt-template` / `--completion-template`): placeholders are named fields (`{0}` and
+    `{}` are refused), `{{` and `}}` are literal braces, `{a.b}` / `{a[0]}` reach into a field, and a
+    record whose field is missing or null is a bad record.
+    """
+
+    def __init__(self, template: str, option: str = "--template"):
         try:
             parsed = list(string.Formatter().parse(template))
         except ValueError as e:
-            raise UserError(f"--template: {e} in {template!r}") from None
+            raise UserError(f"{option}: {e} in {template!r}") from None
         names = []
         for _, name, _, _ in parsed:
             if name is None:
                 continue
             if name == "" or name.isdigit():
-                raise UserError(f"--template: use named fields like {{question}}, not {{{name}}}")
+                raise UserError(f"{option}: use named fields like {{question}}, not {{{name}}}")
             base = re.split(r"[.\[]", name, maxsplit=1)[0]
             if base not in names:
                 names.append(base)
         if not names:
-            raise UserError(f"--template: {template!r} has no {{field}} placeholders")
+            raise UserError(f"{option}: {template!r} has no {{field}} placeholders")
         self.template = template
         self.fields = names
 
@@ -477,6 +516,191 @@ class Template:
             return self.template.format_map(record)
         except (KeyError, IndexError, AttributeError, TypeError, ValueError) as e:
             raise BadRecord(f"cannot fill the template ({type(e).__name__}: {e})") from None
+
+
+class _Malformed(Exception):
+    """The csv module gave up on a row: the rest of the file cannot be trusted."""
+
+    def __init__(self, line: int, reason: str):
+        super().__init__(reason)
+        self.line = line
+        self.reason = reason
+
+
+def _csv_rows(f: io.TextIOBase) -> Iterator[tuple[int, list[str]]]:
+    """(start line, cells) of a CSV file: RFC 4180 quoting (csv's excel dialect)."""
+    reader = csv.reader(f, dialect="excel", strict=False)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise _Malformed(start, str(e)) from None
+        yield start, row
+
+
+class _Lines:
+    """The lines of a text file for csv.reader, keeping the ones the current row took (to read them again)."""
+
+    def __init__(self, f: io.TextIOBase):
+        self.lines = iter(f)
+        self.back: list[str] = []  # lines to give again, last first
+        self.taken: list[str] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.back.pop() if self.back else next(self.lines)
+        self.taken.append(line)
+        return line
+
+
+def _tsv_rows(f: io.TextIOBase) -> Iterator[tuple[int, list[str]]]:
+    """(start line, cells) of a TSV file.
+
+    A TSV is read as spreadsheets and CSV writers (Excel, LibreOffice, pandas, csv's excel-tab dialect)
+    write it: a cell that starts with a double quote is a quoted cell, which may hold tabs and line breaks
+    and writes a quote inside as `""`; a quote anywhere else is an ordinary character. A line whose
+    leading quote does not open a well-formed quoted cell (`"Hello," she said.`, as raw Tatoeba / Anki
+    exports have it) is read as it is, quotes kept: split at its tabs, up to its end.
+    """
+    lines = _Lines(f)
+    reader = csv.reader(lines, dialect="excel-tab", strict=True)
+    start = 1
+    while True:
+        lines.taken = []
+        try:
+            row = next(reader)
+            used = len(lines.taken)
+        except StopIteration:
+            return
+        except csv.Error:  # not a well-formed quoted cell: this line, literally
+            first, rest = lines.taken[0], lines.taken[1:]
+            lines.back.extend(reversed(rest))
+            row = first.rstrip("\r\n").split("\t")
+            used = 1
+        yield start, row
+        start += used
+
+
+def _jsonl_records(f: io.BufferedReader, display: str, reporter: Reporter) -> Iterator[Record]:
+    head = f.peek(8192)[:8192]
+    if b"\0" in head:
+        raise BadFile("binary file (contains NUL bytes); only UTF-8 text is read")
+    nonblank = False
+    for lineno, raw in enumerate(f, 1):
+        if not raw.strip():
+            continue
+        nonblank = True
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            reporter.bad_record(display, lineno, f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+            continue
+        try:
+            value = json.loads(line.rstrip("\r\n"))
+        except json.JSONDecodeError as e:
+            reporter.bad_record(display, lineno, f"not valid JSON ({e.msg}: line {e.lineno} column {e.colno})")
+            continue
+        except RecursionError:
+            reporter.bad_record(display, lineno, "not valid JSON (nested too deeply)")
+            continue
+        yield Record(value, lineno)
+    if not nonblank:
+        raise BadFile("empty file")
+
+
+def _json_records(f: io.TextIOBase) -> Iterator[Record]:
+    """The items of a .json array. It is parsed whole: use JSONL for big data."""
+    try:
+        data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise BadFile(f"not valid JSON ({e.msg}, column {e.colno})", e.lineno) from None
+    except RecursionError:
+        raise BadFile("not valid JSON (nested too deeply)") from None
+    if not isinstance(data, list):
+        raise BadFile(f"expected a JSON array of objects, got {_type_name(data)} (use .jsonl for one object per line)")
+    if not data:
+        raise BadFile("empty JSON array")
+    for i, value in enumerate(data, 1):
+        yield Record(value, i, item=True)
+
+
+def _table_records(f: io.TextIOBase, kind: str, display: str, reporter: Reporter, columns: Sequence[str] | None,
+                   check_header: Callable[[list[str]], None] | None) -> Iterator[Record]:
+    rows = _tsv_rows(f) if kind == "tsv" else _csv_rows(f)
+    if columns:
+        header = [str(c).strip() for c in columns]
+    else:
+        try:
+            _, header = next(rows)
+        except StopIteration:
+            raise BadFile("empty file") from None
+        except _Malformed as e:
+            raise BadFile(f"malformed header ({e.reason})", 1) from None
+        header = [h.strip() for h in header]
+    if check_header is not None:
+        check_header(header)
+    n = 0
+    while True:
+        try:
+            start, row = next(rows)
+        except StopIteration:
+            break
+        except _Malformed as e:
+            reporter.bad_record(display, e.line, f"malformed {kind.upper()} ({e.reason}); the rest of the file is skipped")
+            return
+        if not any(cell.strip() for cell in row):
+            continue
+        n += 1
+        if len(row) != len(header):
+            expected = (f"the header has {len(header)}" if not columns
+                        else f"expected {len(header)} ({', '.join(header)})")
+            reporter.bad_record(display, start, f"row has {len(row)} columns, {expected}")
+            continue
+        yield Record(dict(zip(header, row, strict=True)), start)
+    if n == 0:
+        raise BadFile("no rows after the header" if not columns else "no rows")
+
+
+def read_records(path: Path, kind: str, display: str, reporter: Reporter, *,
+                 columns: Sequence[str] | None = None,
+                 check_header: Callable[[list[str]], None] | None = None,
+                 on_read: Callable[[int], Any] | None = None) -> Iterator[Record]:
+    """Every record of a record file, in order; `kind` is one of `RECORD_KINDS`.
+
+    - jsonl: one JSON value per line (blank lines ignored; a bad line is a bad record);
+    - json: an array, parsed whole; its items are the records;
+    - csv, tsv: a header row (names stripped of surrounding spaces), unless `columns` names the columns
+      of a file without one, then one dict per row; rows of blank cells are skipped. CSV has RFC 4180
+      quoting; TSV the spreadsheet rule of `_tsv_rows`. `check_header(names)` may raise `BadFile` for a
+      header the caller cannot use.
+
+    All UTF-8 (a leading byte-order mark is dropped). A problem with the whole file raises `BadFile`
+    before its first record is yielded (except "no rows", which has none to yield); a bad record goes to
+    `reporter` (a warning naming the file and line, the record skipped; a `UserError` in strict mode).
+    """
+    if kind == "jsonl":
+        if path.stat().st_size == 0:
+            raise BadFile("empty file")
+        with open_binary(path, on_read) as f:
+            yield from _jsonl_records(f, display, reporter)
+        return
+    if kind not in RECORD_KINDS:
+        raise AssertionError(kind)
+    scan(path)
+    with open_text(path, on_read, newline="" if kind in ("csv", "tsv") else None) as f:
+        if kind == "json":
+            yield from _json_records(f)
+        else:
+            yield from _table_records(f, kind, display, reporter, columns, check_header)
+
+
+# --------------------------------------------------------------------------------------------------
+# Documents from records
 
 
 class RecordText:
@@ -495,6 +719,16 @@ class RecordText:
             return f"{source}: no record has all the template's fields ({', '.join(self.template.fields)})"
         option = "--text-field" if self.what == "field" else "--text-column"
         return f"{source}: no record has the {self.what} '{self.field}'; name another with {option} or use --template"
+
+    def check_header(self, header: list[str]) -> None:
+        """A CSV/TSV header without the column (or a template's column) skips the whole file."""
+        what = self.what
+        if self.template is not None:
+            missing = [n for n in self.template.fields if n not in header]
+            if missing:
+                raise BadFile(f"no {what} '{missing[0]}' for the template ({what}s: {_names(header)})", 1)
+        elif self.field not in header:
+            raise BadFile(f"no {what} '{self.field}' ({what}s: {_names(header)})", 1)
 
     def __call__(self, record: Any) -> str:
         if self.template is not None:
@@ -516,113 +750,26 @@ class RecordText:
         return value
 
 
-def read_jsonl(f: io.BufferedReader, source: str, extract: RecordText, reporter: Reporter,
-               builder: DocBuilder) -> Iterator[RawDoc]:
-    head = f.peek(8192)[:8192]
-    if b"\0" in head:
-        raise BadFile("binary file (contains NUL bytes); only UTF-8 text is read")
+def read_record_docs(item: InputFile, opts: ReadOptions, reporter: Reporter, builder: DocBuilder,
+                     on_read: Callable[[int], Any] | None = None) -> Iterator[RawDoc]:
+    """The documents of a .jsonl, .json, .csv or .tsv file: one per record."""
+    table = item.kind in ("csv", "tsv")
+    extract = RecordText(opts.text_column if table else opts.text_field, opts.template,
+                         "column" if table else "field", allow_strings=item.kind == "json")
     records = docs = 0
-    for lineno, raw in enumerate(f, 1):
-        if not raw.strip():
-            continue
+    for record in read_records(item.path, item.kind, item.display, reporter, on_read=on_read,
+                               check_header=extract.check_header if table else None):
         records += 1
         try:
-            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            reporter.bad_record(source, lineno, f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
-            continue
-        try:
-            record = json.loads(line.rstrip("\r\n"))
-        except json.JSONDecodeError as e:
-            reporter.bad_record(source, lineno, f"not valid JSON ({e.msg}: line {e.lineno} column {e.colno})")
-            continue
-        except RecursionError:
-            reporter.bad_record(source, lineno, "not valid JSON (nested too deeply)")
-            continue
-        try:
-            text = extract(record)
+            text = extract(record.value)
         except BadRecord as e:
-            reporter.bad_record(source, lineno, str(e))
+            reporter.bad(item.display, record, str(e))
             continue
         docs += 1
-        yield from builder.add(text, lineno)
+        yield from builder.add(text, record.line)
         yield from builder.flush()
-    if not records:
-        raise BadFile("empty file")
-    if not docs and extract.missing == records:
-        reporter.note(extract.hint(source))
-
-
-def read_json(f: io.TextIOBase, source: str, extract: RecordText, reporter: Reporter,
-              builder: DocBuilder) -> Iterator[RawDoc]:
-    """A .json file holding an array of objects (or of strings). It is parsed whole: use JSONL for big data."""
-    try:
-        data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise BadFile(f"not valid JSON ({e.msg}: line {e.lineno} column {e.colno})") from None
-    except RecursionError:
-        raise BadFile("not valid JSON (nested too deeply)") from None
-    if not isinstance(data, list):
-        raise BadFile(f"expected a JSON array of objects, got {_type_name(data)} (use .jsonl for one object per line)")
-    if not data:
-        raise BadFile("empty JSON array")
-    for i, record in enumerate(data, 1):
-        try:
-            text = extract(record)
-        except BadRecord as e:
-            reporter.bad_record(source, None, f"item {i}: {e}")
-            continue
-        yield from builder.add(text, i)
-        yield from builder.flush()
-    if extract.missing == len(data):
-        reporter.note(extract.hint(source))
-
-
-def read_csv(f: io.TextIOBase, source: str, delimiter: str, extract: RecordText, reporter: Reporter,
-             builder: DocBuilder) -> Iterator[RawDoc]:
-    """CSV (RFC 4180 quoting) or TSV (no quoting: a tab separates fields, a newline ends the row)."""
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(f, delimiter=delimiter, quoting=quoting, strict=False)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise BadFile("empty file") from None
-    except csv.Error as e:
-        raise BadFile(f"malformed header ({e})", 1) from None
-    header = [h.strip() for h in header]
-    what = extract.what
-    if extract.template is not None:
-        missing = [n for n in extract.template.fields if n not in header]
-        if missing:
-            raise BadFile(f"no {what} '{missing[0]}' for the template ({what}s: {_names(header)})", 1)
-    elif extract.field not in header:
-        raise BadFile(f"no {what} '{extract.field}' ({what}s: {_names(header)})", 1)
-    rows = 0
-    while True:
-        start = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            reporter.bad_record(source, start, f"malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e}); "
-                                               "the rest of the file is skipped")
-            return
-        if not any(cell.strip() for cell in row):
-            continue
-        rows += 1
-        if len(row) != len(header):
-            reporter.bad_record(source, start, f"row has {len(row)} {what}s, the header has {len(header)}")
-            continue
-        try:
-            text = extract(dict(zip(header, row, strict=True)))
-        except BadRecord as e:
-            reporter.bad_record(source, start, str(e))
-            continue
-        yield from builder.add(text, start)
-        yield from builder.flush()
-    if rows == 0:
-        raise BadFile("no rows after the header")
+    if records and not docs and extract.missing == records:
+        reporter.note(extract.hint(item.display))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -649,31 +796,18 @@ def read_file(item: InputFile, opts: ReadOptions, reporter: Reporter,
     src = item.display
     builder = DocBuilder(src, opts.max_doc_chars)
     try:
-        if item.kind == "jsonl":
-            if item.size == 0:
-                raise BadFile("empty file")
-            with open_binary(item.path, on_read) as f:
-                yield from read_jsonl(f, src, RecordText(opts.text_field, opts.template, "field"), reporter, builder)
-            return
-        info = scan(item.path, want_separator=item.kind == "text" and opts.doc_boundary == "auto")
-        if item.kind == "text":
-            boundary = opts.doc_boundary
-            if boundary == "auto":
-                boundary = "separator" if info.has_separator else "file"
+        if item.kind in RECORD_KINDS:
+            yield from read_record_docs(item, opts, reporter, builder, on_read)
+        elif item.kind in ("text", "html"):
+            info = scan(item.path, want_separator=item.kind == "text" and opts.doc_boundary == "auto")
             with open_text(item.path, on_read) as f:
-                yield from read_text(f, src, boundary, builder)
-        elif item.kind == "html":
-            with open_text(item.path, on_read) as f:
-                yield from read_html(f, src, builder)
-        elif item.kind == "json":
-            with open_text(item.path, on_read) as f:
-                extract = RecordText(opts.text_field, opts.template, "field", allow_strings=True)
-                yield from read_json(f, src, extract, reporter, builder)
-        elif item.kind in ("csv", "tsv"):
-            with open_text(item.path, on_read, newline="") as f:
-                delimiter = "\t" if item.kind == "tsv" else ","
-                yield from read_csv(f, src, delimiter, RecordText(opts.text_column, opts.template, "column"),
-                                    reporter, builder)
+                if item.kind == "html":
+                    yield from read_html(f, src, builder)
+                else:
+                    boundary = opts.doc_boundary
+                    if boundary == "auto":
+                        boundary = "separator" if info.has_separator else "file"
+                    yield from read_text(f, src, boundary, builder)
         else:
             raise AssertionError(item.kind)
     except BadFile as e:

@@ -21,12 +21,9 @@ def split_file(path: str | Path, out_dir: str | Path, test_fraction: float = 0.1
     With `group_by` (a field), records that share its value land on the same side — every translation
     of one English sentence, every phrasing of one question — so the test set is never seen in training
     under another answer."""
-    from pocketlm.data.sft import iter_records, iter_table
+    from pocketlm.data.sft import iter_records
     path, out_dir = Path(path), Path(out_dir)
-    if path.suffix.lower() in (".csv", ".tsv"):
-        rows = [r for _, r in iter_table(path, columns)]
-    else:
-        rows = [r for _, r in iter_records(path)]
+    rows = [r for _, r in iter_records(path, columns)]
     if len(rows) < 2:
         raise UserError(f"{path}: needs at least 2 records to split")
     random.Random(seed).shuffle(rows)

@@ -191,43 +191,35 @@ def _label(x: Any) -> str:
 
 
 def accuracy(preds: Sequence[Any], refs: Sequence[Any]) -> float:
-    """Fraction of predictions equal to their reference label.
+    """Fraction of predictions equal to their reference label (scikit-learn's ``accuracy_score``).
 
     Labels are compared as strings after stripping surrounding whitespace; case matters.
     """
+    from sklearn.metrics import accuracy_score
+
     _check_pair(preds, refs)
-    return _mean([float(_label(p) == _label(r)) for p, r in zip(preds, refs, strict=True)])
+    return float(accuracy_score([_label(r) for r in refs], [_label(p) for p in preds]))
 
 
 def macro_f1(preds: Sequence[Any], refs: Sequence[Any], labels: Sequence[Any] | None = None) -> float:
-    """Unweighted mean of per-class F1 = 2TP / (2TP + FP + FN).
+    """Unweighted mean of per-class F1 = 2TP / (2TP + FP + FN) (scikit-learn's ``f1_score``, macro average).
 
-    Classes are ``labels`` when given, else every label seen in refs or preds. A class that is
-    never predicted and never true has no F1 and is left out of the mean. A prediction outside
-    ``labels`` still counts as a miss (FN) for the true class. Labels are compared as in
-    :func:`accuracy`. Range 0-1.
+    Classes are ``labels`` when given, else every label seen in refs or preds (so a label only ever
+    predicted is a class with F1 0). A class that is never predicted and never true has no F1 and is left
+    out of the mean. A prediction outside ``labels`` still counts as a miss (FN) for the true class.
+    Labels are compared as in :func:`accuracy`. Range 0-1.
     """
+    from sklearn.metrics import f1_score
+
     _check_pair(preds, refs)
     p = [_label(x) for x in preds]
     r = [_label(x) for x in refs]
-    classes = {_label(x) for x in labels} if labels is not None else set(p) | set(r)
-    tp: Counter[str] = Counter()
-    fp: Counter[str] = Counter()
-    fn: Counter[str] = Counter()
-    for pi, ri in zip(p, r, strict=True):
-        if pi == ri:
-            tp[pi] += 1
-        else:
-            fp[pi] += 1
-            fn[ri] += 1
-    scores = []
-    for c in sorted(classes):
-        denom = 2 * tp[c] + fp[c] + fn[c]
-        if denom:
-            scores.append(2 * tp[c] / denom)
-    if not scores:
-        raise UserError(f"none of the labels {sorted(classes)} occurs in the references or predictions")
-    return _mean(scores)
+    classes = sorted({_label(x) for x in labels} if labels is not None else set(p) | set(r))
+    seen = set(p) | set(r)
+    scored = [c for c in classes if c in seen]  # the others have no F1 (0/0): left out, not counted as 0
+    if not scored:
+        raise UserError(f"none of the labels {classes} occurs in the references or predictions")
+    return float(f1_score(r, p, labels=scored, average="macro", zero_division=0.0))
 
 
 # --------------------------------------------------------------------------- commands -> JSON

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import numpy as np
 
 from pocketlm import runs
 from pocketlm.errors import UserError
+from pocketlm.fsutil import atomic_path
 from pocketlm.retrieval.grounding import copy_grounding, sidecar
 
 QUANTS = ("f32", "f16", "q8_0")
@@ -96,8 +95,11 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "f16",
 
     vocab = read_tokenizer(model_dir, hp["vocab_size"])
 
-    writer_tmp = _TempPath(out_path)
-    with writer_tmp as tmp:
+    with contextlib.ExitStack() as stack:
+        try:
+            tmp = stack.enter_context(atomic_path(out_path))  # the file appears whole, or not at all
+        except OSError as e:
+            raise UserError(f"{out_path}: cannot write there ({e.strerror or e})") from None
         writer = gguf.GGUFWriter(str(tmp), "llama")
         try:
             n_tensors, n_params = _add_everything(writer, gguf, model_dir, config, hp, vocab, quant, name)
@@ -479,42 +481,3 @@ def _add_everything(writer, gguf, model_dir: Path, config: dict, hp: dict, vocab
             q = gguf.quants.quantize(arr.astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
             writer.add_tensor(tname, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
     return len(tensors), n_params
-
-
-# --------------------------------------------------------------------------------------------------
-# atomic output
-
-
-class _TempPath(contextlib.AbstractContextManager):
-    """A temporary path beside `path`; on a clean exit it is fsynced and renamed onto `path`."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        except OSError as e:
-            raise UserError(f"{self.path}: cannot write there ({e.strerror or e})") from None
-        os.close(fd)
-        self.tmp = Path(tmp)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.tmp is not None
-        if exc_type is None:
-            try:
-                with open(self.tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.chmod(self.tmp, 0o644)
-                os.replace(self.tmp, self.path)
-                return None
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.tmp)
-                raise
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
-        return None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketlm.errors import UserError
+from pocketlm.inference.window import fit_turns
 
 INSTALL_HINT = "pip install 'pocketlm[llamacpp]'"
 
@@ -214,17 +215,15 @@ def render_chat(path_or_llm, messages: list[dict], *, add_generation_prompt: boo
 
 def fit_chat(llm, messages: list[dict], context: int, reserve: int, *,
              keep_system: bool = True) -> tuple[str, int]:
-    """(prompt text, messages dropped): the oldest turns go until prompt + `reserve` fits `context`."""
-    system = messages[:1] if keep_system and messages and messages[0]["role"] == "system" else []
-    turns = messages[len(system):]
-    dropped = 0
-    while True:
-        prompt = render_chat(llm, system + turns)
-        if len(tokenize_gguf(llm, prompt)) + reserve <= context:
-            return prompt, dropped
-        if len(turns) <= 1:
-            raise UserError(f"the message plus --max-new-tokens {reserve} do not fit in the context window "
-                            f"of {context} tokens")
-        cut = 2 if len(turns) > 2 and turns[0]["role"] == "user" else 1
-        turns = turns[cut:]
-        dropped += cut
+    """(prompt text, messages dropped): the oldest turns go until prompt + `reserve` fits `context`
+    (:func:`pocketlm.inference.window.fit_turns`, measured with the GGUF file's template and tokenizer)."""
+
+    def measure(shown: list[dict]) -> tuple[str, int]:
+        prompt = render_chat(llm, shown)
+        return prompt, len(tokenize_gguf(llm, prompt))
+
+    prompt, tokens, dropped = fit_turns(messages, measure, context, reserve, keep_system=keep_system)
+    if tokens + reserve > context:
+        raise UserError(f"the message plus --max-new-tokens {reserve} do not fit in the context window "
+                        f"of {context} tokens")
+    return prompt, dropped

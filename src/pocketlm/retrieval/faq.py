@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pocketlm.data.sft import iter_records, iter_table
+from pocketlm.data.sft import iter_records
 from pocketlm.errors import UserError
 from pocketlm.retrieval.index import Passage
 
@@ -22,8 +22,7 @@ def read_faq(paths: list[str | Path], question_field: str = "question", answer_f
     for path in map(Path, paths):
         if not path.is_file():
             raise UserError(f"{path}: no such FAQ file")
-        records = (iter_table(path, columns) if path.suffix.lower() in (".csv", ".tsv") else iter_records(path))
-        for line, record in records:
+        for line, record in iter_records(path, columns):
             where = f"{path.name}:{line}"
             if not isinstance(record, dict):
                 raise UserError(f"{path}:{line}: expected an object with fields {question_field!r} and "

@@ -9,32 +9,29 @@ from pocketlm.data.tokenizer import stop_token_ids
 from pocketlm.errors import UserError
 from pocketlm.inference.engine import SamplingConfig, stream_text
 from pocketlm.inference.llamacpp import check_sampling, fit_chat, generate_gguf, load_gguf, render_chat
+from pocketlm.inference.window import fit_turns
 
 
 def fit_conversation(tokenizer, messages: list[dict], context: int, reserve: int) -> tuple[list[int], int]:
     """Token ids of the chat prompt, dropping the oldest turns (never the system prompt) until the
-    prompt plus `reserve` new tokens fit in `context`. Returns (ids, number of messages dropped)."""
+    prompt plus `reserve` new tokens fit in `context` (:func:`pocketlm.inference.window.fit_turns`); a
+    last turn still too long keeps its end. Returns (ids, number of messages dropped)."""
     if not tokenizer.chat_template:
         raise UserError("this model's tokenizer has no chat template; use `pocketlm generate` instead")
-    system = [m for m in messages[:1] if m["role"] == "system"]
-    turns = messages[len(system):]
-    dropped = 0
-    while True:
-        ids = tokenizer.apply_chat_template(system + turns, add_generation_prompt=True, tokenize=True)
+
+    def measure(shown: list[dict]) -> tuple[list[int], int]:
+        ids = tokenizer.apply_chat_template(shown, add_generation_prompt=True, tokenize=True)
         if hasattr(ids, "keys"):
             ids = ids["input_ids"]
-        if len(ids) + reserve <= context or len(turns) <= 1:
-            break
-        # drop the oldest user/assistant pair
-        cut = 2 if len(turns) > 2 and turns[0]["role"] == "user" else 1
-        turns = turns[cut:]
-        dropped += cut
+        return list(ids), len(ids)
+
+    ids, _, dropped = fit_turns(messages, measure, context, reserve)
     if len(ids) + reserve > context:
         keep = context - reserve
         if keep <= 0:
             raise UserError(f"--max-new-tokens {reserve} leaves no room in the context window of {context}")
         ids = ids[-keep:]
-    return list(ids), dropped
+    return ids, dropped
 
 
 def repl(fit, respond, context: int, system: str | None = None, name: str = "model",
