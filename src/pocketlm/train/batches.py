@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pocketlm.train import distributed
+
 
 class TokenWindows:
     def __init__(self, tokens: np.ndarray, batch_size: int, context: int, seed: int, device: torch.device):
@@ -26,7 +28,8 @@ class TokenWindows:
         return rng.integers(0, len(self.tokens) - self.context - 1, size=self.batch_size)
 
     def batch(self, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
-        return self.at(self.offsets(step, micro))
+        """Under torchrun, this process's rows of the global batch: it reads only those windows."""
+        return self.at(distributed.my_share(self.offsets(step, micro)))
 
     def at(self, offsets) -> dict[str, torch.Tensor]:
         t = self.context

@@ -86,17 +86,13 @@ def check_batch(batch_size: int) -> None:
                         f"multiple of {_state.world} (it is the global micro-batch, the same as one process's)")
 
 
-def my_rows(batch: dict) -> dict:
-    """This process's rows of a global micro-batch (contiguous, in rank order)."""
+def my_share(rows):
+    """This process's part of the rows of a global micro-batch (contiguous, in rank order): a task picks the
+    rows of the whole batch (row offsets, example indices) and reads only its own."""
     if not _state.enabled:
-        return batch
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            rows = value.size(0) // _state.world
-            value = value[_state.rank * rows:(_state.rank + 1) * rows]
-        out[key] = value
-    return out
+        return rows
+    n = len(rows) // _state.world
+    return rows[_state.rank * n:(_state.rank + 1) * n]
 
 
 def all_sum(values: torch.Tensor) -> torch.Tensor:

@@ -128,6 +128,7 @@ class RowBatches:
     def batch(self, step: int, micro: int) -> dict:
         start = (step * self.grad_accum + micro) * self.batch_size
         idx = [int(self.perm((start + i) // self.n)[(start + i) % self.n]) for i in range(self.batch_size)]
+        idx = distributed.my_share(idx)  # under torchrun, this process's rows of the global batch
         return {k: v[idx].to(self.device) for k, v in self.rows.items()}
 
     def all(self, batch_size: int):

@@ -1,7 +1,7 @@
 """The one training loop. Pretraining, fine-tuning and distillation differ only in their Task.
 
 A Task supplies `batch(step, micro) -> dict` (deterministic in its arguments, so resume replays the
-same data), `loss(model, batch) -> (loss, n_target_tokens)` and `evaluate(model) -> dict` with at
+same data; under torchrun each process reads only its share of the rows, `distributed.my_share`), `loss(model, batch) -> (loss, n_target_tokens)` and `evaluate(model) -> dict` with at
 least `val_loss`. The loop owns everything else: optimizer, schedule, precision, compile,
 accumulation, clipping, budgets, logging, plots, checkpoints, resume and Ctrl-C.
 """
@@ -54,6 +54,7 @@ def parse_duration(text: str | float | int | None) -> float | None:
 
 @dataclass
 class Task:
+    # (step, micro) -> the micro-batch; under torchrun this process's rows of it (`distributed.my_share`)
     batch: Callable[[int, int], dict]
     loss: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, torch.Tensor]]  # (mean loss, target count)
     evaluate: Callable[[torch.nn.Module], dict]
@@ -247,7 +248,7 @@ def _step(forward, wrapper, task: Task, step: int, cfg: LoopConfig, dist, device
     step_loss = torch.zeros((), device=device)
     step_tokens = 0
     for micro in range(cfg.grad_accum):
-        batch = distributed.my_rows(task.batch(step, micro))
+        batch = task.batch(step, micro)
         # gradients are averaged over processes once per step, after the last micro-batch
         with distributed.gradient_sync(wrapper, sync=micro == cfg.grad_accum - 1):
             with autocast(device, amp_dtype):
