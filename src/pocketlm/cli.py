@@ -30,7 +30,7 @@ stages:
   bot       a support bot from your own FAQ and documents (retrieval + a small model)
   generate  complete a prompt (a model directory or a .gguf file)
   chat      talk to a model in the terminal
-  export    write a GGUF file for llama.cpp and Ollama
+  export    write a GGUF file for llama.cpp and Ollama, or an ONNX directory for onnxruntime
 
 a first run (the bundled shop FAQ, about 3 minutes on a laptop):
   pocketlm prepare examples/shop/handbook.md examples/shop/faq.jsonl --out runs/shop-data \
@@ -74,10 +74,11 @@ class EvalOptions:
 @dataclass(kw_only=True)
 class ExportOptions:
     model: str = field(help="model directory or run directory", positional=True)
-    format: str = field("gguf", "output format", choices=["gguf"])
-    quant: str = field("f16", "tensor type: f32 (exact), f16 (half the size), q8_0 (a quarter, near-lossless)",
-                       choices=["f32", "f16", "q8_0"])
-    out: str = field(help="output file, e.g. model.gguf")
+    format: str = field("gguf", "output format: gguf (one file for llama.cpp and Ollama) or onnx (a directory "
+                        "for onnxruntime: model.onnx, tokenizer and config)", choices=["gguf", "onnx"])
+    quant: str = field("f16", "GGUF tensor type: f32 (exact), f16 (half the size), q8_0 (a quarter, "
+                       "near-lossless); ONNX is always f32", choices=["f32", "f16", "q8_0"])
+    out: str = field(help="output file, e.g. model.gguf (with --format onnx: a directory)")
 
 
 @dataclass(kw_only=True)
@@ -313,14 +314,26 @@ def cmd_compare(ns):
 
 
 def cmd_export(ns):
-    from pocketlm.export.gguf import export_gguf
     opts = from_namespace(ExportOptions, ns)
+    if opts.format == "onnx":
+        return _export_onnx(opts, quant_given=hasattr(ns, "quant"))
+    from pocketlm.export.gguf import export_gguf
     info = export_gguf(opts.model, opts.out, quant=opts.quant)
     print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB, {opts.quant})")
     if info["grounding"]:
         print(f"      {info['grounding']}/ (the bot's grounding: keep it beside the file; pocketlm chat uses it)")
     print(f"run it: pocketlm generate {info['path']} --prompt 'Hello'\n"
           f"    or: llama-completion -m {info['path']} -no-cnv -p 'Hello'   (llama.cpp; see docs/export.md for Ollama)")
+
+
+def _export_onnx(opts: ExportOptions, *, quant_given: bool) -> None:
+    if quant_given:
+        raise UserError("--quant applies to GGUF only; --format onnx writes f32 weights (leave --quant out)")
+    from pocketlm.export.onnx import export_onnx
+    info = export_onnx(opts.model, opts.out)
+    print(f"wrote {info['path']}/ ({info['bytes'] / 1e6:.1f} MB of ONNX, f32; tokenizer and config.json beside "
+          f"it; onnxruntime matches PyTorch to {info['max_abs_diff']:.1g})")
+    print("run it with onnxruntime and tokenizers: see docs/export.md (ONNX)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,8 +419,10 @@ assistant-commands(-scratch), intents-banking77(-scratch). A recipe run again sk
     r.add_argument("recipe", help="a recipe YAML file, or the name of one in recipes/")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a recipe parameter (repeatable)")
     verb("compare", "Score several models on the same task, side by side.", cmd_compare, CompareOptions, TaskOptions)
-    verb("export", "Export a model to GGUF for llama.cpp and Ollama.", cmd_export, ExportOptions,
-         epilog="example:\n  pocketlm export runs/mini --quant q8_0 --out mini.gguf")
+    verb("export", "Export a model to GGUF for llama.cpp and Ollama, or to ONNX for onnxruntime.", cmd_export,
+         ExportOptions, epilog="""examples:
+  pocketlm export runs/mini --quant q8_0 --out mini.gguf
+  pocketlm export runs/mini --format onnx --out mini-onnx     # needs pip install 'pocketlm[onnx]'""")
     return parser
 
 
