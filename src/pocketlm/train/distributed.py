@@ -95,23 +95,22 @@ def my_share(rows):
     return rows[_state.rank * n:(_state.rank + 1) * n]
 
 
-def all_sum(values: torch.Tensor) -> torch.Tensor:
-    """`values` summed over the processes (a new tensor; the input is left as it is)."""
+def _all_reduce(values: torch.Tensor, op: str) -> torch.Tensor:
     if not _state.enabled:
         return values
     import torch.distributed as dist
     out = values.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    dist.all_reduce(out, op=getattr(dist.ReduceOp, op))
     return out
+
+
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    """`values` summed over the processes (a new tensor; the input is left as it is)."""
+    return _all_reduce(values, "SUM")
 
 
 def all_max(values: torch.Tensor) -> torch.Tensor:
-    if not _state.enabled:
-        return values
-    import torch.distributed as dist
-    out = values.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out
+    return _all_reduce(values, "MAX")
 
 
 class LossModule(torch.nn.Module):
