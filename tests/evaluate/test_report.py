@@ -6,6 +6,7 @@ import base64
 import json
 import math
 import re
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from pocketlm.errors import UserError
-from pocketlm.evaluate.report import write_report
+from pocketlm.evaluate import report
+from pocketlm.evaluate.report import build_report, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIL = '<script>alert("x")</script> & <img src="http://evil.example/x.png">'
@@ -166,3 +168,32 @@ def test_report_refuses_what_is_not_a_run(tmp_path):
     with pytest.raises(UserError, match="metrics.jsonl"):
         write_report(tmp_path / "empty")
     assert not (tmp_path / "empty" / "report.html").exists()
+
+
+def test_report_escapes_script_in_examples_and_paths(tmp_path):
+    """The template autoescapes: a <script> in an example's text, a task name or the run's path is shown, not run."""
+    run = tmp_path / "run-<script>&x"
+    run.mkdir()
+    write_metrics(run, steps=20)
+    script = "<script>alert('pwned')</script>"
+    (run / "evals").mkdir()
+    (run / "evals" / "qa.json").write_text(json.dumps({
+        "task": f"qa {script}", "metrics": {"exact_match": 0.5},
+        "examples": [{"input": f"say {script}", "expected": script, "got": f'"{script}"', "score": 0.0}],
+        "worst": [{"input": script + " " + LONG, "got": script, "score": 0.0, "index": 0}],
+    }), encoding="utf-8")
+    html = build_report(run)
+    assert "<script" not in html.lower()
+    escaped = "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;"
+    assert f"<td>say {escaped}</td><td>{escaped}</td><td>&quot;{escaped}&quot;</td>" in html
+    assert f"qa {escaped}" in html  # the task name
+    assert html.count("run-&lt;script&gt;&amp;x") >= 4  # title, heading, path, "none yet in" the model folder
+    cut = re.search(r'<span class="cut" title="([^"]*)">([^<]*)</span>', html)  # a long text, cut
+    assert cut and cut.group(1).startswith(escaped) and cut.group(2).startswith(escaped)
+    assert_self_contained(html)
+
+
+def test_report_template_is_package_data():
+    template = resources.files("pocketlm.evaluate") / "templates" / report.TEMPLATE
+    assert template.is_file()
+    assert report._template().environment.autoescape is True

@@ -212,209 +212,36 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
 
 
 def _run(cfg, out, work, files, reporter, template, reused, progress, t_start) -> dict:
+    """The three passes in the scratch directory `work`, then the outputs in `out`; returns the statistics."""
     opts = ReadOptions(doc_boundary=cfg.doc_boundary, text_field=cfg.text_field, text_column=cfg.text_column,
                        template=template, max_doc_chars=MAX_DOC_CHARS)
-    dedup = (Deduplicator(exact=cfg.dedupe, near=cfg.near_dedupe, threshold=cfg.near_dup_threshold)
-             if cfg.dedupe or cfg.near_dedupe else None)
-    seed_key = cfg.seed.to_bytes(8, "little", signed=True)
     spool = _Spool(work / "docs.spool")
-    docs = {"in": 0, "empty": 0, "too_short": 0, "exact_duplicates": 0, "near_duplicates": 0, "kept": 0}
-    split_docs, split_bytes, split_chars = [0, 0], [0, 0], [0, 0]
-    # The documents nearest each end of the hash range, (±fraction, index, nbytes, nchars): if a split
-    # ends up empty, one of them moves (see below).
-    lowest: list[tuple[float, int, int, int]] = []
-    highest: list[tuple[float, int, int, int]] = []
-    pending: list[str] = []
-    pending_chars = 0
-
-    def flush() -> None:
-        nonlocal pending_chars
-        data = [t.encode("utf-8") for t in pending]
-        verdicts = dedup.check_batch(pending, data) if dedup else [None] * len(pending)
-        for text, raw, verdict in zip(pending, data, verdicts, strict=True):
-            if verdict == "exact":
-                docs["exact_duplicates"] += 1
-                continue
-            if verdict == "near":
-                docs["near_duplicates"] += 1
-                continue
-            digest = hashlib.blake2b(raw, digest_size=16, key=seed_key).digest()
-            u = _fraction(digest)
-            split = VAL if u < cfg.val_fraction else TRAIN
-            index = docs["kept"]
-            for heap, key in ((lowest, -u), (highest, u)):
-                heapq.heappush(heap, (key, index, len(raw), len(text)))
-                if len(heap) > _MOVE_CANDIDATES:
-                    heapq.heappop(heap)
-            spool.write(split, int.from_bytes(digest[8:], "little"), raw)
-            docs["kept"] += 1
-            split_docs[split] += 1
-            split_bytes[split] += len(raw)
-            split_chars[split] += len(text)
-        pending.clear()
-        pending_chars = 0
 
     # Pass 1: read, clean, deduplicate, split.
     t0 = time.perf_counter()
-    total_bytes = sum(f.size for f in files)
-    files_read = 0
-    try:
-        with _bar(progress, total_bytes, "reading") as bar:
-            done = 0
-            for item in files:
-                skipped_before = len(reporter.skipped_files)
-                for raw_doc in read_file(item, opts, reporter, on_read=bar.update):
-                    docs["in"] += 1
-                    text = clean_text(raw_doc.text, cfg.normalize)
-                    if not text:
-                        docs["empty"] += 1
-                        continue
-                    if len(text) < cfg.min_chars:
-                        docs["too_short"] += 1
-                        continue
-                    pending.append(text)
-                    pending_chars += len(text)
-                    if len(pending) >= _BATCH_DOCS or pending_chars >= _BATCH_CHARS:
-                        flush()
-                files_read += len(reporter.skipped_files) == skipped_before
-                done += item.size
-                if bar.n < done:
-                    bar.update(done - bar.n)
-            flush()
-    finally:
-        spool.close()
-    dedup = None  # free the duplicate index before the tokenizer trainer needs memory
+    kept = _read_clean_dedupe(cfg, files, opts, reporter, spool, progress)
     t_read = time.perf_counter() - t0
-
-    if docs["kept"] == 0:
-        raise UserError(_nothing_left(docs, cfg, files_read, reporter))
-
-    # One document (a single small file, say) cannot be split by document: its end becomes the
-    # validation split, as nanoGPT cuts a text 90/10. The spool is rewritten with the two parts.
-    val_is_tail = docs["kept"] == 1 and cfg.val_fraction > 0 and sum(split_chars) >= MIN_TAIL_SPLIT_CHARS
+    if kept.docs["kept"] == 0:
+        raise UserError(_nothing_left(kept.docs, cfg, kept.files_read, reporter))
+    val_is_tail = (kept.docs["kept"] == 1 and cfg.val_fraction > 0
+                   and sum(kept.split_chars) >= MIN_TAIL_SPLIT_CHARS)
     if val_is_tail:
-        [(_, _, key, data)] = spool.read()
-        parts = _cut_tail(data.decode("utf-8"), cfg.val_fraction)
-        spool = _Spool(work / "tail.spool")
-        for split, text in zip((TRAIN, VAL), parts, strict=True):
-            raw = text.encode("utf-8")
-            spool.write(split, key, raw)
-            split_docs[split], split_bytes[split], split_chars[split] = 1, len(raw), len(text)
-        spool.close()
-
-    # At least one validation document when there are two or more (val_fraction > 0), and always at
-    # least one training document. If a split is empty, one of the documents whose hash lies nearest
-    # the cut moves: for validation the one whose size is closest to the requested share of the text,
-    # for training the largest.
-    moved: dict[int, int] = {}
-
-    def move(candidate: tuple[float, int, int, int], new: int) -> None:
-        _, index, nbytes, nchars = candidate
-        old = 1 - new
-        moved[index] = new
-        split_docs[old] -= 1
-        split_bytes[old] -= nbytes
-        split_chars[old] -= nchars
-        split_docs[new] += 1
-        split_bytes[new] += nbytes
-        split_chars[new] += nchars
-
-    if docs["kept"] >= 2 and cfg.val_fraction > 0 and split_docs[VAL] == 0:
-        target = cfg.val_fraction * sum(split_bytes)
-        move(min(lowest, key=lambda c: (abs(c[2] - target), -c[0], c[1])), VAL)
-    if split_docs[TRAIN] == 0:
-        move(max(highest, key=lambda c: (c[2], c[0], -c[1])), TRAIN)
-
-    def records() -> Iterator[tuple[int, int, bytes]]:
-        for index, split, key, data in spool.read():
-            yield moved.get(index, split), key, data
+        spool = _cut_lone_document(spool, work / "tail.spool", cfg.val_fraction, kept)
+    moved = _fill_empty_splits(kept, cfg.val_fraction)
 
     # Pass 2: the tokenizer.
     t0 = time.perf_counter()
-    if reused is not None:
-        tok = reused
-        tok_stats = {"source": str(cfg.tokenizer), "vocab_size": len(tok)}
-    else:
-        budget = cfg.tokenizer_sample_chars
-        p = min(1.0, budget / max(1, split_chars[TRAIN]))
-        sample = {"chars": 0, "documents": 0}
-
-        def train_texts() -> Iterator[str]:
-            for split, key, data in records():
-                if split != TRAIN or key / 2.0**64 >= p:
-                    continue
-                text = data.decode("utf-8")
-                if sample["chars"] + len(text) > budget and sample["documents"]:
-                    return
-                sample["chars"] += len(text)
-                sample["documents"] += 1
-                yield text
-
-        tok = train_tokenizer(train_texts(), cfg.vocab_size, length=max(1, round(split_docs[TRAIN] * p)),
-                              show_progress=progress)
-        tok_stats = {"source": "trained", "vocab_size": len(tok), "requested_vocab_size": cfg.vocab_size,
-                     "trained_on_documents": sample["documents"], "trained_on_chars": sample["chars"]}
-        if len(tok) < cfg.vocab_size:
-            reporter.note(f"the text supports only {len(tok)} tokens (asked for --vocab-size {cfg.vocab_size}); "
-                          "the tokenizer is smaller")
+    tok, tok_stats = _tokenizer_pass(cfg, reused, _records(spool, moved), kept, reporter, progress)
     t_tok = time.perf_counter() - t0
 
     # Pass 3: encode.
     t0 = time.perf_counter()
-    vocab = len(tok)
-    sep = doc_separator_id(tok)
-    dtype = token_dtype(vocab)
-    unk = tok.unk_token_id
-    encode = _batch_encoder(tok)
-    split_tokens = [0, 0]
-    unknown = 0
     bins = [work / "train.bin", work / "val.bin"]
-    handles = [open(b, "wb", buffering=1 << 20) for b in bins]  # noqa: SIM115 - closed below
-    try:
-        batch: list[tuple[int, str]] = []
-        batch_bytes = 0
-
-        def encode_batch() -> None:
-            nonlocal batch_bytes, unknown
-            ids_list = encode([t for _, t in batch])
-            for split in (TRAIN, VAL):
-                flat: list[int] = []
-                for (s, _), ids in zip(batch, ids_list, strict=True):
-                    if s == split:
-                        flat.append(sep)
-                        flat.extend(ids)
-                if not flat:
-                    continue
-                arr = np.array(flat, dtype=np.int64)
-                top = int(arr.max())
-                if top >= vocab or top > np.iinfo(dtype).max:
-                    raise UserError(f"the tokenizer produced id {top}, outside its vocabulary of {vocab}; "
-                                    "it is inconsistent (check --tokenizer)")
-                if unk is not None:
-                    unknown += int(np.count_nonzero(arr == unk))
-                arr.astype(dtype).tofile(handles[split])
-                split_tokens[split] += len(arr)
-            batch.clear()
-            batch_bytes = 0
-
-        with _bar(progress, sum(split_bytes), "encoding") as bar:
-            for split, _, data in records():
-                batch.append((split, data.decode("utf-8")))
-                batch_bytes += len(data)
-                bar.update(len(data))
-                if len(batch) >= _ENCODE_DOCS or batch_bytes >= _ENCODE_BYTES:
-                    encode_batch()
-            if batch:
-                encode_batch()
-        for h in handles:
-            h.flush()
-            os.fsync(h.fileno())
-    finally:
-        for h in handles:
-            h.close()
+    shards = _encode(tok, _records(spool, moved), sum(kept.split_bytes), bins, progress)
     t_enc = time.perf_counter() - t0
-    if unknown:
-        reporter.note(f"{unknown} tokens are the tokenizer's unknown token: it cannot represent all of the text")
+    if shards.unknown:
+        reporter.note(f"{shards.unknown} tokens are the tokenizer's unknown token: it cannot represent all of "
+                      "the text")
 
     # Outputs: meta.json goes first (the old directory stops looking complete) and comes back last.
     (out / META).unlink(missing_ok=True)
@@ -422,51 +249,304 @@ def _run(cfg, out, work, files, reporter, template, reused, progress, t_start) -
         tok.save_pretrained(str(tmp))
     for split, path in enumerate(bins):
         os.replace(path, out / f"{SPLITS[split]}.bin")
-
-    total_tokens = sum(split_tokens)
-    splits = {name: {"documents": split_docs[i], "tokens": split_tokens[i], "bytes": split_bytes[i]}
+    splits = {name: {"documents": kept.split_docs[i], "tokens": shards.tokens[i], "bytes": kept.split_bytes[i]}
               for i, name in enumerate(SPLITS)}
-    stats = {
-        "out": str(out),
-        "inputs": list(cfg.inputs),
-        "files": {
-            "found": len(files),
-            "read": files_read,
-            "skipped": len(reporter.skipped_files),
-            "ignored": sum(reporter.ignored.values()),
-            "input_bytes": total_bytes,
-        },
-        "skipped_files": reporter.skipped_files,
-        "ignored_files": dict(reporter.ignored),
-        "skipped_records": reporter.skipped_records,
-        "problems": reporter.problems,
-        "documents": {**docs, "long_documents_cut": opts.cuts},
-        "splits": splits,
-        "val_is_tail": val_is_tail,
-        "bytes_per_token": round(sum(split_bytes) / total_tokens, 4) if total_tokens else None,
-        "unknown_tokens": unknown,
-        "tokenizer": tok_stats,
-        "config": to_dict(cfg),
-        "seconds": {
-            "read_clean_dedupe": round(t_read, 3),
-            "tokenizer": round(t_tok, 3),
-            "encode": round(t_enc, 3),
-            "total": round(time.perf_counter() - t_start, 3),
-        },
-    }
+    seconds = {"read_clean_dedupe": round(t_read, 3), "tokenizer": round(t_tok, 3), "encode": round(t_enc, 3),
+               "total": round(time.perf_counter() - t_start, 3)}
+    stats = _stats(cfg, out, files, reporter, opts, kept, splits, val_is_tail, shards, tok_stats, seconds)
     _warn_small_val(stats, cfg, reporter)
     atomic_write_json(out / STATS, stats)
     meta = {
         "format": FORMAT,
         "version": 1,
-        "dtype": dtype.str,
-        "vocab_size": vocab,
-        "doc_separator_id": sep,
+        "dtype": shards.dtype.str,
+        "vocab_size": shards.vocab_size,
+        "doc_separator_id": shards.doc_separator_id,
         "tokenizer": TOKENIZER_DIR,
         "splits": splits,
     }
     atomic_write_json(out / META, meta)
     return stats
+
+
+# --------------------------------------------------------------------------------------------------
+# Pass 1: read -> clean -> filter -> deduplicate -> train or val -> spool
+
+
+@dataclasses.dataclass
+class _Kept:
+    """What pass 1 kept: document counts, and documents, bytes and characters per split (TRAIN, VAL).
+
+    `lowest` and `highest` hold the documents nearest each end of the hash range, as (±fraction,
+    index, nbytes, nchars): if a split ends up empty, one of them moves (see `_fill_empty_splits`)."""
+
+    docs: dict[str, int] = dataclasses.field(default_factory=lambda: {
+        "in": 0, "empty": 0, "too_short": 0, "exact_duplicates": 0, "near_duplicates": 0, "kept": 0})
+    files_read: int = 0
+    split_docs: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
+    split_bytes: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
+    split_chars: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
+    lowest: list[tuple[float, int, int, int]] = dataclasses.field(default_factory=list)
+    highest: list[tuple[float, int, int, int]] = dataclasses.field(default_factory=list)
+
+
+def _read_clean_dedupe(cfg: PrepareConfig, files: list, opts: ReadOptions, reporter: Reporter, spool: _Spool,
+                       progress: bool) -> _Kept:
+    """Pass 1: every document of `files`, cleaned, goes to `spool` unless it is empty, too short or a
+    duplicate; closes the spool. The duplicate index is freed on return, before the tokenizer trainer
+    needs the memory."""
+    dedup = (Deduplicator(exact=cfg.dedupe, near=cfg.near_dedupe, threshold=cfg.near_dup_threshold)
+             if cfg.dedupe or cfg.near_dedupe else None)
+    seed_key = cfg.seed.to_bytes(8, "little", signed=True)
+    kept = _Kept()
+    pending: list[str] = []
+    pending_chars = 0
+    try:
+        with _bar(progress, sum(f.size for f in files), "reading") as bar:
+            done = 0
+            for item in files:
+                skipped_before = len(reporter.skipped_files)
+                for raw_doc in read_file(item, opts, reporter, on_read=bar.update):
+                    kept.docs["in"] += 1
+                    text = clean_text(raw_doc.text, cfg.normalize)
+                    if not text:
+                        kept.docs["empty"] += 1
+                        continue
+                    if len(text) < cfg.min_chars:
+                        kept.docs["too_short"] += 1
+                        continue
+                    pending.append(text)
+                    pending_chars += len(text)
+                    if len(pending) >= _BATCH_DOCS or pending_chars >= _BATCH_CHARS:
+                        _keep_batch(pending, dedup, seed_key, cfg.val_fraction, spool, kept)
+                        pending_chars = 0
+                kept.files_read += len(reporter.skipped_files) == skipped_before
+                done += item.size
+                if bar.n < done:
+                    bar.update(done - bar.n)
+            _keep_batch(pending, dedup, seed_key, cfg.val_fraction, spool, kept)
+    finally:
+        spool.close()
+    return kept
+
+
+def _keep_batch(pending: list[str], dedup: Deduplicator | None, seed_key: bytes, val_fraction: float,
+                spool: _Spool, kept: _Kept) -> None:
+    """Deduplicate a batch of cleaned documents, assign each survivor to train or val by a keyed hash
+    of its text, and spool it; empties `pending`."""
+    data = [t.encode("utf-8") for t in pending]
+    verdicts = dedup.check_batch(pending, data) if dedup else [None] * len(pending)
+    for text, raw, verdict in zip(pending, data, verdicts, strict=True):
+        if verdict == "exact":
+            kept.docs["exact_duplicates"] += 1
+            continue
+        if verdict == "near":
+            kept.docs["near_duplicates"] += 1
+            continue
+        digest = hashlib.blake2b(raw, digest_size=16, key=seed_key).digest()
+        u = _fraction(digest)
+        split = VAL if u < val_fraction else TRAIN
+        index = kept.docs["kept"]
+        for heap, key in ((kept.lowest, -u), (kept.highest, u)):
+            heapq.heappush(heap, (key, index, len(raw), len(text)))
+            if len(heap) > _MOVE_CANDIDATES:
+                heapq.heappop(heap)
+        spool.write(split, int.from_bytes(digest[8:], "little"), raw)
+        kept.docs["kept"] += 1
+        kept.split_docs[split] += 1
+        kept.split_bytes[split] += len(raw)
+        kept.split_chars[split] += len(text)
+    pending.clear()
+
+
+def _cut_lone_document(spool: _Spool, path: Path, val_fraction: float, kept: _Kept) -> _Spool:
+    """One document (a single small file, say) cannot be split by document: its end becomes the
+    validation split, as nanoGPT cuts a text 90/10. Returns a new spool, at `path`, with the two parts."""
+    [(_, _, key, data)] = spool.read()
+    parts = _cut_tail(data.decode("utf-8"), val_fraction)
+    spool = _Spool(path)
+    for split, text in zip((TRAIN, VAL), parts, strict=True):
+        raw = text.encode("utf-8")
+        spool.write(split, key, raw)
+        kept.split_docs[split], kept.split_bytes[split], kept.split_chars[split] = 1, len(raw), len(text)
+    spool.close()
+    return spool
+
+
+def _fill_empty_splits(kept: _Kept, val_fraction: float) -> dict[int, int]:
+    """At least one validation document when there are two or more (val_fraction > 0), and always at
+    least one training document. If a split is empty, one of the documents whose hash lies nearest
+    the cut moves: for validation the one whose size is closest to the requested share of the text,
+    for training the largest. Returns {document index: its new split}; updates `kept`'s totals."""
+    moved: dict[int, int] = {}
+
+    def move(candidate: tuple[float, int, int, int], new: int) -> None:
+        _, index, nbytes, nchars = candidate
+        old = 1 - new
+        moved[index] = new
+        kept.split_docs[old] -= 1
+        kept.split_bytes[old] -= nbytes
+        kept.split_chars[old] -= nchars
+        kept.split_docs[new] += 1
+        kept.split_bytes[new] += nbytes
+        kept.split_chars[new] += nchars
+
+    if kept.docs["kept"] >= 2 and val_fraction > 0 and kept.split_docs[VAL] == 0:
+        target = val_fraction * sum(kept.split_bytes)
+        move(min(kept.lowest, key=lambda c: (abs(c[2] - target), -c[0], c[1])), VAL)
+    if kept.split_docs[TRAIN] == 0:
+        move(max(kept.highest, key=lambda c: (c[2], c[0], -c[1])), TRAIN)
+    return moved
+
+
+def _records(spool: _Spool, moved: dict[int, int]) -> Iterator[tuple[int, int, bytes]]:
+    """(split, sample key, data) of the spooled documents, with the moves of `_fill_empty_splits`."""
+    for index, split, key, data in spool.read():
+        yield moved.get(index, split), key, data
+
+
+# --------------------------------------------------------------------------------------------------
+# Pass 2: the tokenizer
+
+
+def _tokenizer_pass(cfg: PrepareConfig, reused: PreTrainedTokenizerBase | None,
+                    records: Iterator[tuple[int, int, bytes]], kept: _Kept, reporter: Reporter,
+                    progress: bool) -> tuple[PreTrainedTokenizerBase, dict]:
+    """`--tokenizer`'s tokenizer, or one trained on a uniform sample of the train documents of at most
+    --tokenizer-sample-chars characters; and its entry in stats.json."""
+    if reused is not None:
+        return reused, {"source": str(cfg.tokenizer), "vocab_size": len(reused)}
+    budget = cfg.tokenizer_sample_chars
+    p = min(1.0, budget / max(1, kept.split_chars[TRAIN]))
+    sample = {"chars": 0, "documents": 0}
+    tok = train_tokenizer(_sample_train_texts(records, p, budget, sample), cfg.vocab_size,
+                          length=max(1, round(kept.split_docs[TRAIN] * p)), show_progress=progress)
+    tok_stats = {"source": "trained", "vocab_size": len(tok), "requested_vocab_size": cfg.vocab_size,
+                 "trained_on_documents": sample["documents"], "trained_on_chars": sample["chars"]}
+    if len(tok) < cfg.vocab_size:
+        reporter.note(f"the text supports only {len(tok)} tokens (asked for --vocab-size {cfg.vocab_size}); "
+                      "the tokenizer is smaller")
+    return tok, tok_stats
+
+
+def _sample_train_texts(records: Iterator[tuple[int, int, bytes]], p: float, budget: int,
+                        sample: dict[str, int]) -> Iterator[str]:
+    """The train documents whose sample key falls below `p`, until `budget` characters (at least one
+    document); counts what it yields in `sample`."""
+    for split, key, data in records:
+        if split != TRAIN or key / 2.0**64 >= p:
+            continue
+        text = data.decode("utf-8")
+        if sample["chars"] + len(text) > budget and sample["documents"]:
+            return
+        sample["chars"] += len(text)
+        sample["documents"] += 1
+        yield text
+
+
+# --------------------------------------------------------------------------------------------------
+# Pass 3: encode into the token shards
+
+
+@dataclasses.dataclass
+class _Shards:
+    """What pass 3 wrote: tokens per split (TRAIN, VAL), how many were the unknown token, and the
+    shards' id type and document separator."""
+
+    tokens: list[int]
+    unknown: int
+    dtype: np.dtype
+    vocab_size: int
+    doc_separator_id: int
+
+
+def _encode(tok: PreTrainedTokenizerBase, records: Iterator[tuple[int, int, bytes]], total_bytes: int,
+            paths: list[Path], progress: bool) -> _Shards:
+    """Pass 3: encode the documents in batches and append their ids, each document preceded by the
+    document separator, to paths[TRAIN] or paths[VAL]; the files are synced to disk."""
+    vocab = len(tok)
+    sep = doc_separator_id(tok)
+    dtype = token_dtype(vocab)
+    unk = tok.unk_token_id
+    encode = _batch_encoder(tok)
+    shards = _Shards(tokens=[0, 0], unknown=0, dtype=dtype, vocab_size=vocab, doc_separator_id=sep)
+    handles = [open(p, "wb", buffering=1 << 20) for p in paths]  # noqa: SIM115 - closed below
+    try:
+        with _bar(progress, total_bytes, "encoding") as bar:
+            for batch in _encode_batches(records, bar):
+                ids_list = encode([t for _, t in batch])
+                for split in (TRAIN, VAL):
+                    flat: list[int] = []
+                    for (s, _), ids in zip(batch, ids_list, strict=True):
+                        if s == split:
+                            flat.append(sep)
+                            flat.extend(ids)
+                    if not flat:
+                        continue
+                    arr = np.array(flat, dtype=np.int64)
+                    top = int(arr.max())
+                    if top >= vocab or top > np.iinfo(dtype).max:
+                        raise UserError(f"the tokenizer produced id {top}, outside its vocabulary of {vocab}; "
+                                        "it is inconsistent (check --tokenizer)")
+                    if unk is not None:
+                        shards.unknown += int(np.count_nonzero(arr == unk))
+                    arr.astype(dtype).tofile(handles[split])
+                    shards.tokens[split] += len(arr)
+        for h in handles:
+            h.flush()
+            os.fsync(h.fileno())
+    finally:
+        for h in handles:
+            h.close()
+    return shards
+
+
+def _encode_batches(records: Iterator[tuple[int, int, bytes]], bar) -> Iterator[list[tuple[int, str]]]:
+    """(split, text) batches of at most _ENCODE_DOCS documents or about _ENCODE_BYTES bytes."""
+    batch: list[tuple[int, str]] = []
+    batch_bytes = 0
+    for split, _, data in records:
+        batch.append((split, data.decode("utf-8")))
+        batch_bytes += len(data)
+        bar.update(len(data))
+        if len(batch) >= _ENCODE_DOCS or batch_bytes >= _ENCODE_BYTES:
+            yield batch
+            batch, batch_bytes = [], 0
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics and messages
+
+
+def _stats(cfg: PrepareConfig, out: Path, files: list, reporter: Reporter, opts: ReadOptions, kept: _Kept,
+           splits: dict, val_is_tail: bool, shards: _Shards, tok_stats: dict, seconds: dict) -> dict:
+    """The contents of stats.json."""
+    total_tokens = sum(shards.tokens)
+    return {
+        "out": str(out),
+        "inputs": list(cfg.inputs),
+        "files": {
+            "found": len(files),
+            "read": kept.files_read,
+            "skipped": len(reporter.skipped_files),
+            "ignored": sum(reporter.ignored.values()),
+            "input_bytes": sum(f.size for f in files),
+        },
+        "skipped_files": reporter.skipped_files,
+        "ignored_files": dict(reporter.ignored),
+        "skipped_records": reporter.skipped_records,
+        "problems": reporter.problems,
+        "documents": {**kept.docs, "long_documents_cut": opts.cuts},
+        "splits": splits,
+        "val_is_tail": val_is_tail,
+        "bytes_per_token": round(sum(kept.split_bytes) / total_tokens, 4) if total_tokens else None,
+        "unknown_tokens": shards.unknown,
+        "tokenizer": tok_stats,
+        "config": to_dict(cfg),
+        "seconds": seconds,
+    }
 
 
 def _nothing_left(docs: dict, cfg: PrepareConfig, files_read: int, reporter: Reporter) -> str:
