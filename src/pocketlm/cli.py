@@ -13,6 +13,7 @@ from pocketlm import __version__
 from pocketlm.config import add_arguments, field, from_namespace, load_yaml
 from pocketlm.errors import UserError
 from pocketlm.evaluate.options import TaskOptions
+from pocketlm.serve.options import ServeOptions
 
 DESCRIPTION = """\
 pocketlm turns your own text into a small language model, on your own machine, offline.
@@ -30,6 +31,7 @@ stages:
   bot       a support bot from your own FAQ and documents (retrieval + a small model)
   generate  complete a prompt (a model directory or a .gguf file)
   chat      talk to a model in the terminal
+  serve     an OpenAI-compatible HTTP API for a model (a model directory or a .gguf file)
   export    write a GGUF file for llama.cpp and Ollama, or an ONNX directory for onnxruntime
 
 a first run (the bundled shop FAQ, about 3 minutes on a laptop):
@@ -257,6 +259,42 @@ def cmd_chat(ns):
     chat_loop(model, tokenizer, samp, system=opts.system, grounding=grounding)
 
 
+def cmd_serve(ns):
+    opts = from_namespace(ServeOptions, ns)
+    try:
+        import uvicorn
+
+        from pocketlm.serve.server import create_app
+    except ImportError as e:
+        raise UserError(f"pocketlm serve needs FastAPI and uvicorn ({e}); install them with: "
+                        "pip install 'pocketlm[serve]'") from None
+    from pocketlm.retrieval.grounding import find_grounding
+    from pocketlm.serve.backends import load_backend
+    backend = load_backend(opts.model, name=opts.name, device=opts.device, dtype=opts.dtype)
+    grounding = find_grounding(opts.model) if opts.ground else None
+    app = create_app(backend, api_key=opts.api_key, system=opts.system, grounding=grounding,
+                     max_body_bytes=opts.max_body_bytes, max_tokens_limit=opts.max_tokens_limit)
+    shown = "localhost" if opts.host in ("127.0.0.1", "0.0.0.0", "::") else opts.host
+    base = f"http://{shown}:{opts.port}"
+    auth = " -H 'Authorization: Bearer $KEY'" if opts.api_key else ""
+    body = json.dumps({"model": backend.name, "messages": [{"role": "user", "content": "Hello"}]})
+    print(f"serving {backend.name} (OpenAI API) on http://{opts.host}:{opts.port}/v1 (Ctrl-C stops); try: "
+          f"curl {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' -d '{body}'", flush=True)
+    config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    try:
+        server.run()  # Ctrl-C: uvicorn stops accepting, gives open streams 5 s, then raises it again
+    except KeyboardInterrupt:
+        pass
+    except SystemExit:  # uvicorn's way of saying it could not start (it has logged why)
+        pass
+    if server.started:
+        print("stopped", file=sys.stderr)
+    else:
+        raise UserError(f"could not listen on {opts.host}:{opts.port} (in use? try another --port)")
+
+
 def cmd_eval(ns):
     from pocketlm.bot.answer import is_bot
     from pocketlm.device import resolve_device
@@ -385,6 +423,11 @@ Only assistant tokens are trained on; the best validation checkpoint becomes OUT
   pocketlm generate model.gguf --prompt 'Our opening hours' --temperature 0""")
     verb("chat", "Talk to a model in the terminal (its chat template, streaming).", cmd_chat,
          ChatOptions, SamplingConfig)
+    verb("serve", "Serve a model over HTTP with OpenAI's API (chat and completions, streaming).", cmd_serve,
+         ServeOptions, epilog="""examples:
+  pocketlm serve runs/shop-sft                     # http://127.0.0.1:8000/v1, this machine only
+  pocketlm serve model.gguf --port 8080 --api-key s3cret
+Requests are answered one at a time in this version; see docs/serve.md.""")
     verb("eval", "Loss, perplexity, bits per byte, size, memory and speed of a model; or, with --task, "
          "the task metric on held-out examples.", cmd_eval, EvalOptions, TaskOptions, epilog="""examples:
   pocketlm eval runs/mini --data data/mine                     # perplexity and bits per byte on the val split

@@ -101,19 +101,27 @@ def generate_ids(model, prompt_ids: list[int], cfg: SamplingConfig, stop_ids: li
 
 
 def stream_text(model, tokenizer, prompt_ids: list[int], cfg: SamplingConfig,
-                stop_ids: list[int] = ()) -> Iterator[str]:
-    """Yield pieces of generated text as they become final; stops at stop strings (not included)."""
+                stop_ids: list[int] = (), stats: dict | None = None) -> Iterator[str]:
+    """Yield pieces of generated text as they become final; stops at stop strings (not included).
+
+    `stats`, when given, is filled in as generation goes: "tokens" (new tokens generated so far) and
+    "finish" ("stop": a stop token or stop string ended it; "length": max_new_tokens or the context did)."""
+    if stats is None:
+        stats = {}
+    stats.update(tokens=0, finish="length")
     new_ids: list[int] = []
     emitted = 0
     stops = [s for s in cfg.stop if s]
     hold = max((len(s) for s in stops), default=1) - 1
     for token in generate_ids(model, prompt_ids, cfg, stop_ids):
         new_ids.append(token)
+        stats["tokens"] = len(new_ids)
         text = tokenizer.decode(new_ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
             continue
         hit = min((i for i in (text.find(s, max(0, emitted - hold)) for s in stops) if i >= 0), default=-1)
         if hit >= 0:
+            stats["finish"] = "stop"
             if hit > emitted:
                 yield text[emitted:hit]
             return
@@ -121,9 +129,15 @@ def stream_text(model, tokenizer, prompt_ids: list[int], cfg: SamplingConfig,
         if safe > emitted:
             yield text[emitted:safe]
             emitted = safe
+    if len(new_ids) < cfg.max_new_tokens and len(prompt_ids) + len(new_ids) < _context(model):
+        stats["finish"] = "stop"  # a stop token ended it
     text = tokenizer.decode(new_ids, skip_special_tokens=True)
     if len(text) > emitted:
         yield text[emitted:]
+
+
+def _context(model) -> int:
+    return getattr(model.config, "max_position_embeddings", None) or 10**9
 
 
 def generate_text(model, tokenizer, prompt: str, cfg: SamplingConfig, stop_ids: list[int] = ()) -> str:
