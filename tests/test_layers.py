@@ -12,7 +12,7 @@ ALLOWED = {
     "data": set(),
     "model": {"data"},
     "retrieval": {"data", "model"},
-    "inference": set(),
+    "inference": {"data", "model"},
     "train": {"data", "model", "retrieval"},
     "evaluate": {"data", "model", "retrieval", "inference"},
     "export": {"data", "model", "retrieval"},

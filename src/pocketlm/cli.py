@@ -268,8 +268,8 @@ def cmd_serve(ns):
     except ImportError as e:
         raise UserError(f"pocketlm serve needs FastAPI and uvicorn ({e}); install them with: "
                         "pip install 'pocketlm[serve]'") from None
+    from pocketlm.inference.backends import load_backend
     from pocketlm.retrieval.grounding import find_grounding
-    from pocketlm.serve.backends import load_backend
     backend = load_backend(opts.model, name=opts.name, device=opts.device, dtype=opts.dtype)
     grounding = find_grounding(opts.model) if opts.ground else None
     app = create_app(backend, api_key=opts.api_key, system=opts.system, grounding=grounding,

@@ -43,7 +43,7 @@ def running(app):
 
 @pytest.fixture(scope="session")
 def tiny_backend(tiny_run):
-    from pocketlm.serve.backends import load_backend
+    from pocketlm.inference.backends import load_backend
     return load_backend(str(tiny_run), name="tiny", device="cpu")
 
 

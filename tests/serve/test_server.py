@@ -172,7 +172,7 @@ def test_server_without_key_and_gguf(tiny_run, tmp_path, start_server):
     """The same API over a GGUF export of the tiny model, run by llama.cpp, with no key."""
     pytest.importorskip("llama_cpp")
     from pocketlm.export.gguf import export_gguf
-    from pocketlm.serve.backends import load_backend
+    from pocketlm.inference.backends import load_backend
     from pocketlm.serve.server import create_app
     path = export_gguf(str(tiny_run), str(tmp_path / "tiny.gguf"), quant="f32")["path"]
     backend = load_backend(str(path))

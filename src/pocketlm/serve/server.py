@@ -159,7 +159,7 @@ def _sse(obj) -> str:
 
 def create_app(backend, *, api_key: str | None = None, system: str | None = None, grounding=None,
                max_body_bytes: int = 1_000_000, max_tokens_limit: int = 2048):
-    """The ASGI application serving `backend` (serve/backends.py); run it with uvicorn."""
+    """The ASGI application serving `backend` (inference/backends.py); run it with uvicorn."""
     service = Service(backend, system=system, grounding=grounding, max_tokens_limit=max_tokens_limit)
     app = FastAPI(title="pocketlm", version="1", docs_url=None, redoc_url=None)
     app.state.service = service

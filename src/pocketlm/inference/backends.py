@@ -1,5 +1,6 @@
-"""What the HTTP server runs: a PyTorch model through inference/engine.py or a GGUF file through
-inference/llamacpp.py, behind one small interface (prompt building, token counting, streaming)."""
+"""One interface over the two ways pocketlm runs a model: a PyTorch model through inference/engine.py or a
+GGUF file through inference/llamacpp.py (prompt building, token counting, streaming). The HTTP server uses
+it; the coming batched engine slots in behind it."""
 
 from __future__ import annotations
 
