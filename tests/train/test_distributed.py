@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pocketlm.errors import UserError
 from pocketlm.train.finetune import FinetuneConfig, finetune
 from pocketlm.train.pretrain import PretrainConfig, pretrain
 
@@ -106,6 +107,9 @@ def test_a_killed_run_resumes_to_the_same_weights(shop_data, one_process, tmp_pa
     assert p.returncode != 0 and not (out / "model").exists()
     state = torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=False)
     assert 3 <= state["step"] < 12  # step 3 (the usual) or 9: a checkpoint inside a logging interval
+    if engine:  # an --fsdp checkpoint resumed without --fsdp (here: in one process) is a clear error
+        with pytest.raises(UserError, match="written with --fsdp; resume it under torchrun with --fsdp"):
+            pretrain(_cfg(shop_data, out, max_steps=12, save_interval=3, resume=True))
     _run2([*args, "--resume"])
     _assert_same_weights(one_process, out)
     one, two = _metrics(one_process), _metrics(out)  # the interrupted logging interval is carried on, not doubled
@@ -123,6 +127,15 @@ def test_a_batch_that_does_not_split_is_a_clear_error(shop_data, tmp_path):
     # said once, by rank 0, with no traceback from pocketlm (torchrun's launcher prints its own summary)
     assert err.count("--batch-size 3 does not split evenly over 2 processes") == 1
     assert "pocketlm/" not in "".join(line for line in err.splitlines() if line.lstrip().startswith("File "))
+
+
+def test_fsdp_with_lora_is_a_clear_error(tiny_run, tmp_path):
+    p = _torchrun(["finetune", "--base", str(tiny_run), "--data", str(REPO / "examples" / "shop" / "faq.jsonl"),
+                   "--out", str(tmp_path / "r"), "--max-steps", "2", "--batch-size", "4", "--lora", "--fsdp",
+                   "--prompt-field", "question", "--completion-field", "answer", "--no-progress"])
+    _, err = p.communicate(timeout=300)
+    assert p.returncode != 0
+    assert err.count("--fsdp with --lora: LoRA trains a few MB of adapter") == 1
 
 
 def test_lora_fine_tuning_on_two_processes_matches_one(tiny_run, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -190,6 +191,8 @@ def create_app(backend, *, api_key: str | None = None, system: str | None = None
 
     @app.exception_handler(Exception)
     async def server_error(request, e: Exception):
+        # the client gets OpenAI's error shape; whoever runs the server gets one line saying what broke
+        print(f"error: {request.method} {request.url.path}: {type(e).__name__}: {e}", file=sys.stderr)
         return _error(500, f"internal error: {type(e).__name__}")
 
     @app.get("/health")
@@ -260,6 +263,8 @@ async def _respond(service: Service, req, prompt, n_prompt: int, cfg: SamplingCo
                 yield chunk(piece)
         except Exception as e:  # the status line is sent already: say it in the stream, as OpenAI does
             message = str(e) if isinstance(e, UserError) else f"internal error: {type(e).__name__}"
+            if not isinstance(e, UserError):
+                print(f"error: a stream broke off: {type(e).__name__}: {e}", file=sys.stderr)
             yield _sse(error_body(500, message))
             return
         yield chunk(None, finish=stats.get("finish", "stop"))

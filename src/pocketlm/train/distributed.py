@@ -220,7 +220,9 @@ def unsharded(model: torch.nn.Module):
     if not _state.main:
         return None
     copy = AutoModelForCausalLM.from_config(model.config, dtype=next(iter(weights.values())).dtype)
-    copy.load_state_dict(weights, strict=False)
+    missing, unexpected = copy.load_state_dict(weights, strict=False)
+    if unexpected or any(k != "lm_head.weight" for k in missing):  # a tied head is stored once
+        raise RuntimeError(f"gathering the sharded model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     copy.tie_weights()
     copy.generation_config = model.generation_config
     return copy
