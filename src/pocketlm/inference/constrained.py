@@ -89,9 +89,13 @@ def _cache_tensors(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def json_prefix_state(text: str) -> str:
-    """'invalid', 'partial' (a prefix of some JSON object) or 'complete' (one whole object, maybe + spaces)."""
+def json_prefix_state(text: str, max_space: int | None = None) -> str:
+    """'invalid', 'partial' (a prefix of some JSON object) or 'complete' (one whole object, maybe + spaces).
+
+    With `max_space`, more than that many whitespace characters in a row outside strings are invalid (a small
+    model can otherwise pad an object with newlines until it runs out of tokens)."""
     stack: list[str] = []
+    space = 0
     expect = "start"  # start, key_or_end, key, colon, value, value_or_end, comma_or_end, done
     in_string = escape = False
     literal = ""
@@ -123,8 +127,12 @@ def json_prefix_state(text: str) -> str:
             literal = ""
             expect = "comma_or_end"
         if c in " \t\n\r":
+            space += 1
+            if max_space is not None and space > max_space:
+                return "invalid"
             i += 1
             continue
+        space = 0
         if expect == "done":
             return "invalid"
         if expect == "start":
@@ -322,8 +330,10 @@ class JSONConstraint:
     "intent" value and the slot names must come from them."""
 
     def __init__(self, tokenizer, stop_id: int, candidates: int = 64, copy_from: str | None = None,
-                 intents: list[str] | None = None, slot_names: list[str] | None = None):
+                 intents: list[str] | None = None, slot_names: list[str] | None = None,
+                 max_space: int | None = None):
         self.tokenizer = tokenizer
+        self.max_space = max_space
         self.stop_id = stop_id
         self.candidates = candidates
         self.copy_from = copy_from
@@ -331,7 +341,7 @@ class JSONConstraint:
         self.checked = copy_from is not None or intents is not None or slot_names is not None
 
     def _ok(self, text: str) -> bool:
-        if json_prefix_state(text) == "invalid":
+        if json_prefix_state(text, self.max_space) == "invalid":
             return False
         return not self.checked or command_ok(text, self.copy_from, self.intents, self.slot_names)
 
@@ -342,7 +352,7 @@ class JSONConstraint:
         for t in top:
             if t != self.stop_id and self._ok(self.tokenizer.decode(generated + [t])):
                 return t
-        if self.checked:  # the span's (or name's) next piece may be an unlikely token: look further
+        if self.checked or self.max_space is not None:  # the next valid piece may be an unlikely token
             for t in torch.argsort(logits[0], descending=True)[len(top):].tolist():
                 if t != self.stop_id and self._ok(self.tokenizer.decode(generated + [t])):
                     return t

@@ -100,8 +100,47 @@ def generate_ids(model, prompt_ids: list[int], cfg: SamplingConfig, stop_ids: li
             seen = torch.cat([seen, nxt], dim=1)
 
 
+class TextStream:
+    """Token ids in, final text out: text is given as soon as it is complete UTF-8 and cannot be the start of a
+    stop string; a stop string ends the text (it is not included). `push` returns (piece, stopped)."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...] | list[str] = ()):
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stop if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, token: int) -> tuple[str, bool]:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return "", False
+        hit = min((i for i in (text.find(s, max(0, self.emitted - self.hold)) for s in self.stops) if i >= 0),
+                  default=-1)
+        if hit >= 0:
+            self.stopped = True
+            piece = text[self.emitted:hit] if hit > self.emitted else ""
+            self.emitted = max(self.emitted, hit)
+            return piece, True
+        safe = len(text) - self.hold if self.stops else len(text)
+        if safe > self.emitted:
+            piece, self.emitted = text[self.emitted:safe], safe
+            return piece, False
+        return "", False
+
+    def flush(self) -> str:
+        """The text held back (a possible start of a stop string, or bytes never completed)."""
+        if self.stopped:
+            return ""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        piece, self.emitted = text[self.emitted:], len(text)
+        return piece
+
+
 def stream_text(model, tokenizer, prompt_ids: list[int], cfg: SamplingConfig,
-                stop_ids: list[int] = (), stats: dict | None = None) -> Iterator[str]:
+                stop_ids: list[int] = (), stats: dict | None = None, constraint=None) -> Iterator[str]:
     """Yield pieces of generated text as they become final; stops at stop strings (not included).
 
     `stats`, when given, is filled in as generation goes: "tokens" (new tokens generated so far) and
@@ -109,31 +148,20 @@ def stream_text(model, tokenizer, prompt_ids: list[int], cfg: SamplingConfig,
     if stats is None:
         stats = {}
     stats.update(tokens=0, finish="length")
-    new_ids: list[int] = []
-    emitted = 0
-    stops = [s for s in cfg.stop if s]
-    hold = max((len(s) for s in stops), default=1) - 1
-    for token in generate_ids(model, prompt_ids, cfg, stop_ids):
-        new_ids.append(token)
-        stats["tokens"] = len(new_ids)
-        text = tokenizer.decode(new_ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
-            continue
-        hit = min((i for i in (text.find(s, max(0, emitted - hold)) for s in stops) if i >= 0), default=-1)
-        if hit >= 0:
+    text = TextStream(tokenizer, cfg.stop)
+    for token in generate_ids(model, prompt_ids, cfg, stop_ids, constraint=constraint):
+        stats["tokens"] = len(text.ids) + 1
+        piece, stopped = text.push(token)
+        if piece:
+            yield piece
+        if stopped:
             stats["finish"] = "stop"
-            if hit > emitted:
-                yield text[emitted:hit]
             return
-        safe = len(text) - hold if stops else len(text)
-        if safe > emitted:
-            yield text[emitted:safe]
-            emitted = safe
-    if len(new_ids) < cfg.max_new_tokens and len(prompt_ids) + len(new_ids) < _context(model):
+    if len(text.ids) < cfg.max_new_tokens and len(prompt_ids) + len(text.ids) < _context(model):
         stats["finish"] = "stop"  # a stop token ended it
-    text = tokenizer.decode(new_ids, skip_special_tokens=True)
-    if len(text) > emitted:
-        yield text[emitted:]
+    piece = text.flush()
+    if piece:
+        yield piece
 
 
 def _context(model) -> int:
