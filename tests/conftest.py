@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,3 +52,39 @@ def tiny_run(shop_data, tmp_path_factory) -> Path:
                             max_steps=120, warmup_steps=10, lr=3e-3, eval_interval=60, eval_batches=4,
                             progress=False, dtype="fp32"))
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(app):
+    """Serve `app` on 127.0.0.1:PORT until the block ends; yields the base URL."""
+    import uvicorn
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False, timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+
+@pytest.fixture(scope="session")
+def start_server():
+    """`with start_server(app) as url:` serves an ASGI app on a free loopback port (uvicorn, on a background
+    thread) for the length of the block."""
+    pytest.importorskip("uvicorn")
+    return running

@@ -268,12 +268,20 @@ def cmd_serve(ns):
     except ImportError as e:
         raise UserError(f"pocketlm serve needs FastAPI and uvicorn ({e}); install them with: "
                         "pip install 'pocketlm[serve]'") from None
+    from pocketlm.bot.answer import is_bot
     from pocketlm.inference.backends import load_backend
     from pocketlm.retrieval.grounding import find_grounding
-    backend = load_backend(opts.model, name=opts.name, device=opts.device, dtype=opts.dtype)
-    grounding = find_grounding(opts.model) if opts.ground else None
+    if is_bot(opts.model):  # a bot run: answers from its FAQ and documents, with citations
+        from pocketlm.bot.backend import BotBackend
+        backend = BotBackend(opts.model, opts.name or Path(opts.model).resolve().name)
+        grounding = None
+    else:
+        backend = load_backend(opts.model, name=opts.name, device=opts.device, dtype=opts.dtype,
+                               parallel=opts.parallel, max_waiting=opts.max_waiting)
+        grounding = find_grounding(opts.model) if opts.ground else None
     app = create_app(backend, api_key=opts.api_key, system=opts.system, grounding=grounding,
-                     max_body_bytes=opts.max_body_bytes, max_tokens_limit=opts.max_tokens_limit)
+                     max_body_bytes=opts.max_body_bytes, max_tokens_limit=opts.max_tokens_limit,
+                     max_waiting=opts.max_waiting)
     shown = "localhost" if opts.host in ("127.0.0.1", "0.0.0.0", "::") else opts.host
     base = f"http://{shown}:{opts.port}"
     auth = " -H 'Authorization: Bearer $KEY'" if opts.api_key else ""

@@ -163,3 +163,28 @@ def test_a_documents_only_bot_leaves_whole_sections_out_when_choosing_its_thresh
     a = bot.answer("how do I make a backup of my widget settings")
     assert not a.declined and "/mnt/usb" in a.text and a.citations == ["manual.md > Backing up"]
     assert bot.answer("what's the capital of peru").declined
+
+
+def test_served_bot_answers_with_citations_and_declines(bot_run, start_server):
+    """`pocketlm serve BOT_RUN`: the OpenAI API answers as the bot does, sources in `citations`."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    from pocketlm.bot.backend import BotBackend
+    from pocketlm.serve.server import create_app
+    with start_server(create_app(BotBackend(bot_run, "faq-bot"))) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        r = client.chat.completions.create(model="faq-bot", messages=[
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "i forgot my login, how long is the reset email valid"}])
+        assert "24 hours" in r.choices[0].message.content and r.model_extra["citations"] == ["password"]
+        chunks = list(client.chat.completions.create(model="faq-bot", stream=True, messages=[
+            {"role": "user", "content": "i forgot my login, how long is the reset email valid"}]))
+        assert "24 hours" in "".join(c.choices[0].delta.content or "" for c in chunks)
+        assert chunks[-1].model_extra["citations"] == ["password"]
+        declined = client.chat.completions.create(model="faq-bot", messages=[
+            {"role": "user", "content": "what's the capital of peru"}])
+        assert declined.choices[0].message.content.startswith("I don't know")
+        assert "citations" not in (declined.model_extra or {})
+        with pytest.raises(openai.BadRequestError, match="a bot answers in text"):
+            client.chat.completions.create(model="faq-bot", response_format={"type": "json_object"},
+                                           messages=[{"role": "user", "content": "hours?"}])

@@ -1,44 +1,13 @@
-"""A real `pocketlm serve` app on a free loopback port, run by uvicorn on a background thread."""
+"""The tiny model behind a real `pocketlm serve` app (start_server, in tests/conftest.py, runs it)."""
 
 from __future__ import annotations
-
-import socket
-import threading
-import time
-from contextlib import contextmanager
 
 import pytest
 
 pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
 API_KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running(app):
-    """Serve `app` on 127.0.0.1:PORT until the block ends; yields the base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -48,15 +17,9 @@ def tiny_backend(tiny_run):
 
 
 @pytest.fixture(scope="session")
-def server_url(tiny_backend):
+def server_url(tiny_backend, start_server):
     """The tiny model served with an API key and small limits."""
     from pocketlm.serve.server import create_app
     app = create_app(tiny_backend, api_key=API_KEY, max_body_bytes=20_000, max_tokens_limit=64)
-    with running(app) as url:
+    with start_server(app) as url:
         yield url
-
-
-@pytest.fixture(scope="session")
-def start_server():
-    """`with start_server(app) as url:` serves another app for the length of the block."""
-    return running

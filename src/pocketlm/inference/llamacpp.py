@@ -53,7 +53,7 @@ def load_gguf(path: str | Path, *, n_ctx: int = 0, n_threads: int | None = None,
     (e.g. ``type_k``/``type_v`` for the KV-cache precision).
     """
     global _cached
-    llama_cpp = import_llama_cpp()
+    import_llama_cpp()  # a clear error when llama-cpp-python is missing
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such GGUF file")
@@ -63,15 +63,44 @@ def load_gguf(path: str | Path, *, n_ctx: int = 0, n_threads: int | None = None,
     if _cached is not None and _cached[0] == key:
         return _cached[1]
     _cached = None  # the previous model is freed once no caller holds it
-    if n_threads is None:
-        n_threads = max(1, min(8, os.cpu_count() or 1))
-    try:
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
-                              n_threads_batch=n_threads, logits_all=False, verbose=False, **llama_kwargs)
-    except (ValueError, RuntimeError, OSError) as e:
-        raise UserError(f"{path}: llama.cpp cannot load it ({e})") from None
+    llm = new_gguf(path, n_ctx=n_ctx, n_threads=n_threads, **llama_kwargs)
     _cached = (key, llm)
     return llm
+
+
+def new_gguf(path: str | Path, *, n_ctx: int = 0, n_threads: int | None = None, **llama_kwargs):
+    """A new `llama_cpp.Llama` for `path`, not cached: one more context with its own KV cache (the weights are
+    memory-mapped, so the page cache holds them once however many contexts there are)."""
+    llama_cpp = import_llama_cpp()
+    if n_threads is None:
+        n_threads = default_threads()
+    try:
+        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
+                               n_threads_batch=n_threads, logits_all=False, verbose=False, **llama_kwargs)
+    except (ValueError, RuntimeError, OSError) as e:
+        raise UserError(f"{path}: llama.cpp cannot load it ({e})") from None
+
+
+def json_grammar(schema_json: str | None):
+    """A llama.cpp grammar for a JSON object (`schema_json` None) or for a JSON schema."""
+    import_llama_cpp()
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+    try:
+        if schema_json is None:
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"llama.cpp cannot turn this JSON schema into a grammar: {e}") from None
+
+
+def default_threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def set_threads(llm, n: int) -> None:
+    """Use `n` threads for llm's next evaluations (contexts running side by side share the cores)."""
+    llama_cpp = import_llama_cpp()
+    llama_cpp.llama_set_n_threads(llm.ctx, n, n)
 
 
 def unload() -> None:
@@ -113,21 +142,21 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: f
         raise UserError(f"--repetition-penalty must be positive (got {repetition_penalty})")
 
 
-def generate_gguf(path: str | Path, prompt: str, *, max_new_tokens: int = 128, temperature: float = 0.8,
+def generate_gguf(path, prompt: str, *, max_new_tokens: int = 128, temperature: float = 0.8,
                   top_k: int = 50, top_p: float = 0.95, repetition_penalty: float = 1.0,
                   seed: int | None = None, stop: list[str] | None = None, stream: bool = False,
-                  n_ctx: int = 0, n_threads: int | None = None) -> Iterator[str] | str:
-    """Continue `prompt` with the GGUF model at `path`.
+                  n_ctx: int = 0, n_threads: int | None = None, grammar=None) -> Iterator[str] | str:
+    """Continue `prompt` with the GGUF model at `path` (or a loaded `Llama`).
 
     Returns the generated text, or with ``stream=True`` an iterator of text pieces. Generation ends
     after `max_new_tokens`, at an end-of-generation token (EOS, ``<|im_end|>``) or at any `stop`
     string (which is not included). Special-token text in the prompt (ChatML) is parsed as tokens.
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-    llm = load_gguf(path, n_ctx=n_ctx, n_threads=n_threads)
+    llm = _model(path, n_ctx, n_threads)
     kwargs = dict(max_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k),
                   top_p=float(top_p), min_p=0.0, typical_p=1.0, repeat_penalty=float(repetition_penalty),
-                  seed=seed, stop=list(stop or []), echo=False)
+                  seed=seed, stop=list(stop or []), echo=False, grammar=grammar)
     n_prompt = len(tokenize_gguf(llm, prompt))
     if n_prompt + max_new_tokens > llm.n_ctx():
         raise UserError(f"the prompt ({n_prompt} tokens) plus --max-new-tokens {max_new_tokens} exceed the "

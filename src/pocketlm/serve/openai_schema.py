@@ -1,14 +1,17 @@
 """The requests of OpenAI's API that `pocketlm serve` answers, as pydantic models, and its error shape.
 
 Fields pocketlm does not use (user, logit_bias, ...) are accepted and ignored, as OpenAI-compatible
-servers commonly do; fields whose meaning it cannot honour yet (n > 1, response_format, tools, logprobs,
-echo) are refused with a 400 naming the field."""
+servers commonly do; fields whose meaning it cannot honour yet (n > 1, tools, logprobs, echo, suffix) are
+refused with a 400 naming the field. Values the generation cannot take are bounded here, so they
+get a 400 (or a harmless equivalent) instead of an error deep in sampling: `seed` is a 64-bit integer (torch's
+generator takes no more), and a temperature too small to divide the logits by in float32 is greedy."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, field_validator
+from pydantic_core import PydanticCustomError
 
 
 class APIError(Exception):
@@ -36,6 +39,36 @@ def error_body(status: int, message: str, *, param: str | None = None, code: str
     return {"error": {"message": message, "type": type or error_type(status), "param": param, "code": code}}
 
 
+# Below this a temperature is greedy: logits / 1e-40 overflow float32 (NaN probabilities), and a temperature
+# this small picks the most likely token anyway (another token would need a logit within ~1e-5 of it).
+GREEDY_BELOW = 1e-6
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer, as `error_body` builds it (for the OpenAPI document)."""
+    error: ErrorDetail
+
+
+def _either(what: str) -> WrapValidator:
+    """For a field of several types: a value that fits none of them is one error at the field ("prompt: Input
+    should be a string or a list of strings"), not one per type at locations naming the types (`prompt.str`),
+    which the client would get as the error's `param`."""
+    def validate(value, handler):
+        try:
+            return handler(value)
+        except ValidationError as e:
+            raise PydanticCustomError("invalid_type", "Input should be {what}", {"what": what}) from e
+    return WrapValidator(validate)
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -48,7 +81,7 @@ class TextPart(BaseModel):
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: Annotated[str | list[TextPart] | None, _either("a string or a list of text parts")] = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -67,9 +100,14 @@ class _Sampling(_Request):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    logprobs: bool | int | None = None
+    stop: Annotated[str | list[str] | None, _either("a string or a list of strings")] = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    logprobs: Annotated[bool | int | None, _either("a boolean or an integer")] = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _tiny_is_greedy(cls, t: float) -> float:
+        return 0.0 if t < GREEDY_BELOW else t
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -90,7 +128,7 @@ class ChatRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    prompt: Annotated[str | list[str], _either("a string or a list of strings")]
     max_tokens: int | None = Field(16, ge=1)
     echo: bool = False
     suffix: str | None = None

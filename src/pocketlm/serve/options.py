@@ -23,3 +23,6 @@ class ServeOptions:
     ground: bool = field(True, "answer chat requests with the model's grounding when it has one")
     max_body_bytes: int = field(1_000_000, "largest request body accepted (bigger: 413)")
     max_tokens_limit: int = field(2048, "largest max_tokens a request may ask for (bigger: 400)")
+    parallel: int = field(8, "requests generated at once: continuous batching for PyTorch Llama models, "
+                          "that many llama.cpp contexts for a GGUF file (1: one at a time)")
+    max_waiting: int = field(64, "requests that may wait for a free slot; more are answered 429 with Retry-After")
