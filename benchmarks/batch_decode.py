@@ -3,8 +3,8 @@ batching (inference/batching.py) vs the same requests one after another through 
 vs transformers' own continuous batching (`generate_batch`, paged attention), on the same model.
 
 Every request gets the same --tokens new tokens (greedy; a stop token is disabled by asking for none) after
-its own short prompt. Reported: aggregate new tokens per second at each concurrency and its ratio to one
-stream. The model is a run's final model (--model) or, by default, a randomly initialised preset (speed does
+its own short prompt. Reported: aggregate new tokens per second at each concurrency (the median of --repeats
+runs, after a warm-up) and its ratio to one stream. The model is a run's final model (--model) or, by default, a randomly initialised preset (speed does
 not depend on the weights).
 
     python benchmarks/batch_decode.py --preset micro-5m
@@ -14,6 +14,7 @@ not depend on the weights).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -68,15 +69,18 @@ def pocketlm_serial(model, ps, tokens: int) -> int:
 
 
 def transformers_batch(model, ps, tokens: int) -> int:
+    import warnings
+
     from transformers import GenerationConfig
-    model.set_attn_implementation("sdpa_paged") if hasattr(model, "set_attn_implementation") else None
+    with warnings.catch_warnings():  # transformers 5.x names it "paged|sdpa" and warns that the prefix is going
+        warnings.simplefilter("ignore", FutureWarning)
+        model.set_attn_implementation("paged|sdpa")
     try:
         cfg = GenerationConfig(max_new_tokens=tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
         out = model.generate_batch(inputs=ps, generation_config=cfg, progress_bar=False)
         return sum(len(o.generated_tokens) for o in out.values())
     finally:
-        if hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation("sdpa")
+        model.set_attn_implementation("sdpa")
 
 
 def main():
@@ -86,6 +90,7 @@ def main():
     ap.add_argument("--levels", default="1,8,32", help="concurrent requests")
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per request")
     ap.add_argument("--engines", default="pocketlm,serial,transformers")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per figure (the median is reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--name", default=None, help="result file name (default: from the model)")
     args = ap.parse_args()
@@ -103,20 +108,25 @@ def main():
         for name in engines:
             if name == "serial" and level > 8:
                 continue  # one after another: the 1- and 8-stream figures say it
-            t0 = time.perf_counter()
-            if name == "pocketlm":
-                n = pocketlm_batched(model, ps, args.tokens, slots=max(level, 1))
-            elif name == "serial":
-                n = pocketlm_serial(model, ps, args.tokens)
-            else:
-                try:
-                    n = transformers_batch(model, ps, args.tokens)
-                except Exception as e:  # noqa: BLE001 - a peer that fails here is reported, not fatal
-                    row[name] = f"failed: {type(e).__name__}: {e}"[:200]
-                    continue
-            dt = time.perf_counter() - t0
-            row[name] = round(n / dt, 1)
-            print(f"{level:>3} streams  {name:<13} {n:>6} tokens  {n / dt:8.1f} tok/s", flush=True)
+            rates = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                if name == "pocketlm":
+                    n = pocketlm_batched(model, ps, args.tokens, slots=max(level, 1))
+                elif name == "serial":
+                    n = pocketlm_serial(model, ps, args.tokens)
+                else:
+                    try:
+                        n = transformers_batch(model, ps, args.tokens)
+                    except Exception as e:  # noqa: BLE001 - a peer that fails here is reported, not fatal
+                        row[name] = f"failed: {type(e).__name__}: {e}"[:200]
+                        break
+                rates.append(n / (time.perf_counter() - t0))
+            if not rates:
+                continue
+            row[name] = round(statistics.median(rates), 1)
+            print(f"{level:>3} streams  {name:<13} {n:>6} tokens  {row[name]:8.1f} tok/s (median of "
+                  f"{len(rates)}: {', '.join(f'{r:.0f}' for r in rates)})", flush=True)
         rows.append(row)
     one = next((r.get("pocketlm") for r in rows if r["streams"] == 1), None)
     for r in rows:

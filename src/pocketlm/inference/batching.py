@@ -77,6 +77,7 @@ class BatchEngine:
         self.lock = threading.Lock()
         self.closed = False
         self.error: BaseException | None = None
+        self.threads = torch.get_num_threads()
         self.thread = threading.Thread(target=self._loop, name="pocketlm-batch", daemon=True)
         self.thread.start()
 
@@ -105,6 +106,9 @@ class BatchEngine:
 
     # ---- the engine thread
     def _loop(self) -> None:
+        # a thread's first parallel region otherwise runs with a fresh OpenMP team sized by default, not by
+        # the process's setting: measured 17 ms against 12 ms a decode step (8 rows, 5M model, 2 cores)
+        torch.set_num_threads(self.threads)
         try:
             while True:
                 idle = not (self.running or self.admitting or self.waiting)
