@@ -31,6 +31,10 @@ BENCHMARKS = {
     "bot_faq": (["--modes", "extract"], ["--modes", "extract", "--limit", "5", "--name", "quick"]),
     "cli_startup": ([], ["--repeat", "1"]),
     "ddp_cpu": ([], ["--steps", "20"]),
+    "batch_decode": ([],
+                     ["--preset", "nano-1m", "--levels", "1,4", "--tokens", "16", "--repeats", "1", "--name", "quick"]),
+    "serve_load": ([], ["--models", "small", "--requests", "50", "--levels", "1,4", "--rounds", "1",
+                        "--max-tokens", "32", "--parts", "scaling,load"]),
 }
 
 

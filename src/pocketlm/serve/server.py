@@ -230,9 +230,17 @@ class Service:
 
     async def _batched(self, handle, pieces: asyncio.Queue, stats: dict) -> AsyncIterator[str]:
         stats.update(tokens=0, finish="length")
+        held = None
         try:
             while True:
-                kind, value = await pieces.get()
+                kind, value = held or await pieces.get()
+                held = None
+                while kind == "text" and not pieces.empty():  # pieces made while the last one was being sent
+                    nxt = pieces.get_nowait()                  # go out together: under load the stream keeps
+                    if nxt[0] != "text":                       # up with the engine instead of falling behind
+                        held = nxt
+                        break
+                    value += nxt[1]
                 stats["tokens"] = len(handle.generated)
                 if kind == "text":
                     yield value
