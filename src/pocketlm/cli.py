@@ -286,8 +286,9 @@ def cmd_serve(ns):
     base = f"http://{shown}:{opts.port}"
     auth = " -H 'Authorization: Bearer $KEY'" if opts.api_key else ""
     body = json.dumps({"model": backend.name, "messages": [{"role": "user", "content": "Hello"}]})
-    print(f"serving {backend.name} (OpenAI API) on http://{opts.host}:{opts.port}/v1 (Ctrl-C stops); try: "
-          f"curl {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' -d '{body}'", flush=True)
+    print(f"serving {backend.name} (OpenAI API) on http://{opts.host}:{opts.port}/v1 (Ctrl-C stops); chat page: "
+          f"{base}/ ; try: curl {base}/v1/chat/completions{auth} -H 'Content-Type: application/json' -d '{body}'",
+          flush=True)
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
