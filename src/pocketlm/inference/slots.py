@@ -126,10 +126,14 @@ class SlotDecoder:
         x = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
         pos = torch.tensor(positions, dtype=torch.long, device=device)
         rows_idx = torch.arange(rows, device=device)
-        mask = (torch.arange(end, device=device)[None] <= pos[:, None])[:, None, None]  # (rows, 1, 1, end)
+        # one sequence sees every cached position: no mask, and a plain slice write (the batch-1 fast path's cost)
+        mask = None if rows == 1 else (torch.arange(end, device=device)[None] <= pos[:, None])[:, None, None]
 
         def write(cache, t):
-            cache[rows_idx, :, pos] = t[:, 0]
+            if rows == 1:
+                cache[0, :, end - 1] = t[0, 0]
+            else:
+                cache[rows_idx, :, pos] = t[:, 0]
 
         def attend(q, kc, vc):
             return F.scaled_dot_product_attention(q, kc[:rows, :, :end], vc[:rows, :, :end], attn_mask=mask,
