@@ -427,7 +427,7 @@ def part_scaling(args, log_dir: Path) -> list[dict]:
             rows = [asyncio.run(run_level(srv.url, srv.model_id, n, args)) for n in args.levels]
             errors = srv.error_lines()
         print_levels(rows)
-        entry = {"model": name, "path": str(path), "server_start_s": round(srv.start_s, 1), "levels": rows,
+        entry = {"model": name, "path": shown(path), "server_start_s": round(srv.start_s, 1), "levels": rows,
                  "ratio_8_vs_1": ratio(rows, 8), "server_error_lines": errors[:20]}
         if entry["ratio_8_vs_1"] is not None:
             verdict = "ok" if entry["ratio_8_vs_1"] >= 3 else "BELOW TARGET"
@@ -447,7 +447,7 @@ def part_llamacpp(args, log_dir: Path) -> dict:
                          f"{VENV_BIN / 'pip'} install pydantic-settings starlette-context") from None
     print(f"\n== llamacpp: {gguf.name}, max_tokens {args.max_tokens}, temperature {args.temperature}, "
           f"{args.threads} threads", flush=True)
-    rows, entry = [], {"gguf": str(gguf), "n_ctx_llama_cpp_server": args.n_ctx, "threads": args.threads,
+    rows, entry = [], {"gguf": shown(gguf), "n_ctx_llama_cpp_server": args.n_ctx, "threads": args.threads,
                        "pocketlm_parallel": args.parallel, "servers": {}}
     for label, make in (("llama_cpp.server", lambda: llamacpp_server(gguf, args, log_dir)),
                         ("pocketlm serve", lambda: pocketlm_server(gguf, args, log_dir, "pocketlm-gguf"))):
@@ -568,7 +568,7 @@ def part_load(args, log_dir: Path) -> list[dict]:
         with pocketlm_server(path, args, log_dir) as srv:
             r = asyncio.run(run_load(srv, args))
             errors = srv.error_lines()
-        r = {"model": name, "path": str(path), **r, "server_error_lines": errors[:20]}
+        r = {"model": name, "path": shown(path), **r, "server_error_lines": errors[:20]}
         rss = r["rss_mb"]
         print(f"  {r['requests']} requests in {r['wall_s']:.0f} s ({r['requests_per_s']:.1f}/s), outcomes {r['outcomes']}")
         print(f"  5xx {r['http_5xx']} (target 0), hung {r['hung']} (target 0), 429 {r['http_429']}, "
@@ -588,6 +588,18 @@ def part_load(args, log_dir: Path) -> list[dict]:
 
 def int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+def shown(path) -> str:
+    """A path as the results file records it: a wheel's file relative to site-packages, anything else relative
+    to the repository; never this machine's own directories."""
+    p = Path(path).resolve()
+    if "site-packages" in p.parts:
+        return "site-packages/" + str(Path(*p.parts[p.parts.index("site-packages") + 1:]))
+    try:
+        return str(p.relative_to(REPO.resolve()))
+    except ValueError:
+        return p.name
 
 
 def main(argv=None):
@@ -638,7 +650,8 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGHUP, on_sigterm)
 
-    settings = {k: v for k, v in vars(args).items()}
+    settings = {k: shown(v) if isinstance(v, (str, Path)) and os.path.isabs(str(v)) else v
+                for k, v in vars(args).items()}
     result = {"machine": {**machine(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}, "parts": parts,
               "settings": settings}
     t_all, path = time.perf_counter(), None

@@ -126,20 +126,28 @@ class _Layer:
     v_cache: torch.Tensor
 
 
+def take_shape_and_tables(decoder, model, max_len: int) -> list:
+    """Set on `decoder` what every fast decoder reads from `model`: head counts and sizes, the attention scale,
+    embedding, final norm, lm_head, and the rotary cos/sin for `max_len` positions; returns the decoder layers."""
+    m, c = model.model, model.config
+    hf_layers = m.layers[: c.num_hidden_layers]
+    attn = hf_layers[0].self_attn
+    decoder.heads, decoder.kv_heads, decoder.head_dim, decoder.scale = \
+        c.num_attention_heads, c.num_key_value_heads, attn.head_dim, attn.scaling
+    decoder.embed, decoder.norm, decoder.eps = m.embed_tokens.weight, m.norm.weight, m.norm.variance_epsilon
+    decoder.lm_head = model.lm_head.weight  # the embedding itself when tied
+    x = decoder.embed[:1]
+    cos, sin = m.rotary_emb(x, torch.arange(max_len, device=x.device)[None])  # includes attention_scaling
+    decoder.cos, decoder.sin = cos[0, :, None], sin[0, :, None]  # (max_len, 1, head_dim): broadcast over heads
+    return hf_layers
+
+
 class LlamaDecoder:
     """Feed the prompt once, then one token per call; each call returns the next-token logits (1, vocab) fp32."""
 
     def __init__(self, model, max_len: int):
-        m, c = model.model, model.config
-        hf_layers = m.layers[: c.num_hidden_layers]
-        attn = hf_layers[0].self_attn
-        self.heads, self.kv_heads, self.head_dim, self.scale = \
-            c.num_attention_heads, c.num_key_value_heads, attn.head_dim, attn.scaling
-        self.embed, self.norm, self.eps = m.embed_tokens.weight, m.norm.weight, m.norm.variance_epsilon
-        self.lm_head = model.lm_head.weight  # the embedding itself when tied
+        hf_layers = take_shape_and_tables(self, model, max_len)
         x = self.embed[:1]
-        cos, sin = m.rotary_emb(x, torch.arange(max_len, device=x.device)[None])  # includes attention_scaling
-        self.cos, self.sin = cos[0, :, None], sin[0, :, None]  # (max_len, 1, head_dim): broadcast over heads
         shape = (1, self.kv_heads, max_len, self.head_dim)
         self.layers = [
             _Layer(layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon, qkv,

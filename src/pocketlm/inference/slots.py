@@ -18,7 +18,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pocketlm.inference.fastpath import _ENABLE_GQA, _fused_weights, _norm, unsupported_reason
+from pocketlm.inference.fastpath import (
+    _ENABLE_GQA,
+    _fused_weights,
+    _norm,
+    take_shape_and_tables,
+    unsupported_reason,
+)
 
 
 class SlotDecoder:
@@ -26,16 +32,7 @@ class SlotDecoder:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"batched decoding needs a plain Llama model: {reason}")
-        m, c = model.model, model.config
-        hf_layers = m.layers[: c.num_hidden_layers]
-        attn = hf_layers[0].self_attn
-        self.heads, self.kv_heads, self.head_dim, self.scale = \
-            c.num_attention_heads, c.num_key_value_heads, attn.head_dim, attn.scaling
-        self.embed, self.norm, self.eps = m.embed_tokens.weight, m.norm.weight, m.norm.variance_epsilon
-        self.lm_head = model.lm_head.weight
-        x = self.embed[:1]
-        cos, sin = m.rotary_emb(x, torch.arange(max_len, device=x.device)[None])
-        self.cos, self.sin = cos[0, :, None], sin[0, :, None]  # (max_len, 1, head_dim)
+        hf_layers = take_shape_and_tables(self, model, max_len)
         self.weights = [(layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon, qkv,
                          layer.self_attn.o_proj.weight, layer.post_attention_layernorm.weight,
                          layer.post_attention_layernorm.variance_epsilon, gate_up, layer.mlp.down_proj.weight)
