@@ -77,9 +77,23 @@ def test_slot_decoder_matches_the_batch_one_engine(tiny):
     assert d.capacity == 8
 
 
-def test_batched_greedy_equals_one_at_a_time(tiny):
+def test_short_prompts_prefilled_together_match_one_by_one(tiny):
+    model, tokenizer, _ = tiny
+    ps = prompts(tokenizer)
+    d = SlotDecoder(model, slots=len(ps) + 1, max_len=model.config.max_position_embeddings, initial=8)
+    want = torch.cat([d.prefill(slot, p, 0) for slot, p in enumerate(ps)])
+    k_want = [k[:len(ps)].clone() for k in d.k]
+    got = d.prefill_many(1, ps)  # right-padded to the longest, into slots 1..5
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for k, ref in zip(d.k, k_want, strict=True):  # each prompt's own positions hold the same keys
+        for i, p in enumerate(ps):
+            torch.testing.assert_close(k[1 + i, :, :len(p)], ref[i, :, :len(p)], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [4, 256], ids=["long-prompts-in-chunks", "short-prompts-together"])
+def test_batched_greedy_equals_one_at_a_time(tiny, chunk):
     model, tokenizer, stop_ids = tiny
-    engine = BatchEngine(model, tokenizer, stop_ids, slots=3, chunk=4)  # more requests than slots: some wait
+    engine = BatchEngine(model, tokenizer, stop_ids, slots=3, chunk=chunk)  # more requests than slots: some wait
     try:
         cfgs = [SamplingConfig(max_new_tokens=n, temperature=0) for n in (20, 7, 30, 1, 15)]
         sinks = [Collect() for _ in cfgs]
@@ -133,6 +147,8 @@ def test_cancel_frees_the_slot_and_a_full_queue_is_refused(tiny):
         engine.submit(p, SamplingConfig(max_new_tokens=5, temperature=0), second)  # it waits
         with pytest.raises(Busy):
             engine.submit(p, SamplingConfig(max_new_tokens=5), Collect())
+        with pytest.raises(ValueError, match="empty"):  # refused at the door, never reaching the model thread
+            engine.submit([], SamplingConfig(max_new_tokens=5), Collect())
         running.cancel()  # the client went away: the waiting request gets the slot
         assert second.result(timeout=30) == one_at_a_time(model, tokenizer, stop_ids, p,
                                                           SamplingConfig(max_new_tokens=5, temperature=0))

@@ -103,3 +103,38 @@ def test_cli_eval_json(tiny_run, shop_data):
     assert math.isclose(r["bits_per_byte"], r["loss"] * r["tokens"] / math.log(2) / meta["splits"]["val"]["bytes"],
                         rel_tol=1e-3)
     assert r["parameters"] > 0 and r["file_bytes"] > 0 and r["decode_tokens_per_s"] > 0
+
+
+def _target(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """The distribution a sampler must draw from, written the slow, obvious way."""
+    p = (logits[0] / temperature).softmax(-1)
+    if top_k:
+        keep = p >= p.topk(top_k).values[-1]
+        p = torch.where(keep, p, 0.0) / (p * keep).sum()
+    if top_p < 1:
+        order = p.argsort(descending=True)
+        before = p[order].cumsum(0) - p[order]
+        drop = torch.zeros_like(p, dtype=torch.bool)
+        drop[order] = before > top_p
+        p = torch.where(drop, 0.0, p)
+        p = p / p.sum()
+    return p
+
+
+def test_sampler_draws_from_the_top_k_top_p_distribution():
+    from pocketlm.inference.engine import pick_token
+    logits = torch.linspace(3.0, -3.0, 40)[None] + 0.1 * torch.sin(torch.arange(40.0))[None]
+    n = 20000
+    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.7, 8, 1.0), (1.3, 0, 0.8), (1.0, 12, 0.7)]:
+        want = _target(logits, temperature, top_k, top_p)
+        g = torch.Generator().manual_seed(0)
+        cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+        got = torch.bincount(torch.cat([pick_token(logits, cfg, g) for _ in range(n)]).flatten(), minlength=40) / n
+        assert (got[want == 0] == 0).all()  # never a token outside top-k / the nucleus
+        sd = (want * (1 - want) / n).sqrt()
+        assert ((got - want).abs() <= 5 * sd + 1e-9).all(), (temperature, top_k, top_p)
+    # many rows at once draw each row from its own distribution
+    rows = torch.stack([logits[0], logits[0].flip(0)])
+    g = torch.Generator().manual_seed(1)
+    picks = torch.cat([pick_token(rows, SamplingConfig(temperature=0.5, top_k=3), g) for _ in range(200)], dim=1)
+    assert set(picks[0].tolist()) <= {0, 1, 2} and set(picks[1].tolist()) <= {37, 38, 39}

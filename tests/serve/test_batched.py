@@ -84,10 +84,11 @@ def test_a_client_gone_mid_stream_frees_its_slot(batched, start_server):
         for _ in range(8):  # twice the slots: leaked slots would leave nothing for the request after
             with http.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
                 next(r.iter_lines())
-        deadline = time.monotonic() + 10
-        while batched.engine.running_count() and time.monotonic() < deadline:
+        e = batched.engine
+        deadline = time.monotonic() + 10  # the engine sees each hang-up at its next step: wait for all of them
+        while (e.running_count() or e.n_waiting) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert batched.engine.running_count() == 0 and batched.engine.n_waiting == 0
+        assert e.running_count() == 0 and e.n_waiting == 0, (len(e.waiting), e.inbox.qsize(), len(e.running))
         r = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False, "max_tokens": 5}, timeout=30)
         assert r.status_code == 200
 

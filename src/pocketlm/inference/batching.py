@@ -2,8 +2,9 @@
 
 One thread owns the model. Each turn of its loop it
 1. takes in new requests and drops cancelled ones (a client gone mid-stream frees its slot at once);
-2. feeds one chunk (`chunk` tokens) of the prompt of the request being admitted, so a long prompt does not stall
-   the others for long; when the prompt is in, the request samples its first token and joins the running batch;
+2. feeds at most one chunk (`chunk` tokens) of prompts: several short prompts together in one forward, or the
+   next chunk of one long prompt, so a long prompt does not stall the others for long; when its prompt is in,
+   a request samples its first token and joins the running batch;
 3. runs one decode step for every running request together (inference/slots.py), then samples each one's next
    token with its own settings (temperature, top-p, top-k, seed, repetition penalty, a constraint) and ends
    those that hit a stop token, a stop string, max_new_tokens or the context window.
@@ -83,6 +84,8 @@ class BatchEngine:
 
     # ---- called from other threads
     def submit(self, prompt: list[int], cfg: SamplingConfig, sink, constraint=None) -> Request:
+        if not prompt:
+            raise ValueError("the prompt is empty")
         if len(prompt) + 1 > self.context:
             raise ValueError(f"the prompt is {len(prompt)} tokens; the context window is {self.context}")
         with self.lock:
@@ -172,17 +175,19 @@ class BatchEngine:
             self.decoder.move(last + 1, last, self.admitting.fed)
 
     def _admit(self) -> None:
+        """Feed up to `chunk` prompt tokens: the next chunk of one long prompt, or several whole short prompts
+        in one forward (a tiny model costs about the same per forward whatever it holds, so requests arriving
+        together start together)."""
         if self.admitting is None:
+            batch: list[Request] = []
+            while (self.waiting and len(self.running) + len(batch) < self.slots
+                   and (len(batch) + 1) * max(len(r.prompt) for r in [*batch, self.waiting[0]]) <= self.chunk):
+                batch.append(self._take())
+            if batch:
+                return self._start_many(batch)
             if not self.waiting or len(self.running) >= self.slots:
                 return
-            req = self.admitting = self.waiting.popleft()
-            self._left_queue()
-            req.text = TextStream(self.tokenizer, req.cfg.stop)
-            if req.cfg.temperature > 0:
-                req.generator = torch.Generator(device=self.decoder.embed.device)
-                req.generator.manual_seed(req.cfg.seed if req.cfg.seed is not None else torch.seed())
-            if req.cfg.repetition_penalty != 1.0:
-                req.seen = torch.tensor([req.prompt], device=self.decoder.embed.device)
+            self.admitting = self._take()  # a prompt longer than a chunk: fed one chunk per turn
         req = self.admitting
         piece = req.prompt[req.fed: req.fed + self.chunk]
         logits = self.decoder.prefill(len(self.running), piece, req.fed)
@@ -193,6 +198,28 @@ class BatchEngine:
         self.running.append(req)
         if not self._next(req, logits):
             self._leave(len(self.running) - 1)
+
+    def _take(self) -> Request:
+        req = self.waiting.popleft()
+        self._left_queue()
+        req.text = TextStream(self.tokenizer, req.cfg.stop)
+        if req.cfg.temperature > 0:
+            req.generator = torch.Generator(device=self.decoder.embed.device)
+            req.generator.manual_seed(req.cfg.seed if req.cfg.seed is not None else torch.seed())
+        if req.cfg.repetition_penalty != 1.0:
+            req.seen = torch.tensor([req.prompt], device=self.decoder.embed.device)
+        return req
+
+    def _start_many(self, batch: list[Request]) -> None:
+        first = len(self.running)
+        logits = self.decoder.prefill_many(first, [r.prompt for r in batch])
+        for r in batch:
+            r.fed = len(r.prompt)
+        self.running.extend(batch)
+        keep = [self._next(r, logits[i:i + 1]) for i, r in enumerate(batch)]
+        for i in reversed(range(len(keep))):
+            if not keep[i]:
+                self._leave(first + i)
 
     def _decode(self) -> None:
         t = time.perf_counter()

@@ -38,21 +38,34 @@ def _apply_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> 
 
 
 def pick_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """logits: (1, vocab) float32 -> (1, 1) token id."""
+    """logits: (rows, vocab) float32 -> (rows, 1) token ids.
+
+    Top-k keeps the k most likely tokens, top-p then the most likely of those whose probabilities reach p
+    (the token that crosses p included), and a token is drawn by inverting the cumulative distribution with
+    one uniform number. Working on the top-k values only, and a search in place of `torch.multinomial`, make
+    a draw 1.5-15x cheaper than the textbook sampler (benchmarks/sampling.py): multinomial alone took 0.16 ms at
+    a 2k vocabulary and 1.8 ms at 49k on a 2-core CPU, where a 5M model's whole decode step takes about 7 ms."""
     if cfg.temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / cfg.temperature
-    if cfg.top_k and cfg.top_k < logits.size(-1):
-        kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1, None]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if 0 < cfg.top_p < 1:
-        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > cfg.top_p  # keep the token that crosses p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)
+    vocab = logits.size(-1)
+    idx = None
+    if cfg.top_k and cfg.top_k < vocab:
+        logits, idx = torch.topk(logits, cfg.top_k, dim=-1)  # sorted, most likely first
+        probs = logits.softmax(-1)
+    elif 0 < cfg.top_p < 1:  # the nucleus usually lies within the top 256: sort the whole vocabulary only if not
+        full = logits.softmax(-1)
+        probs, idx = torch.topk(full, min(vocab, 256), dim=-1)
+        if probs.size(-1) < vocab and bool((probs.sum(-1) < cfg.top_p).any()):
+            probs, idx = torch.sort(full, descending=True, dim=-1)
+    else:
+        probs = logits.softmax(-1)
+    if idx is not None and 0 < cfg.top_p < 1:
+        probs = probs.masked_fill(probs.cumsum(-1) - probs > cfg.top_p, 0.0)  # keep the token that crosses p
+    cdf = probs.cumsum(-1)
+    u = torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    choice = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.size(-1) - 1)
+    return choice if idx is None else idx.gather(-1, choice)
 
 
 @torch.inference_mode()

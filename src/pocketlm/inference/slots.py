@@ -7,6 +7,9 @@ rotary tables from the model's own `rotary_emb`, sdpa with grouped-query attenti
   sequence needs more room (up to `max_len`) and `reset()` gives the memory back, so memory follows what is
   in flight instead of slots x context;
 - `prefill(slot, ids, start)`: a chunk of one sequence's prompt, causal within the chunk;
+- `prefill_many(first, prompts)`: several whole prompts at once, in slots first.., right-padded to the longest
+  (the padding's cache entries lie past each sequence's end, where decoding masks them and later overwrites
+  them);
 - `decode(tokens)`: one new token for each of the sequences in slots 0..n-1 (the scheduler keeps the running
   sequences in the first slots, `move` compacts them), each at its own position, with a mask that hides
   the rest of the cache.
@@ -76,7 +79,7 @@ class SlotDecoder:
             for t in cache:
                 t[dst, :, :length] = t[src, :, :length]
 
-    def _layers(self, h, rows, n, cos, sin, write, attend):
+    def _layers(self, h, rows, n, cos, sin, write, attend, last=None):
         nh, nqk, half = self.heads, self.heads + self.kv_heads, self.head_dim // 2
         for (ln1, eps1, qkv_w, o, ln2, eps2, gate_up, down), kc, vc in zip(self.weights, self.k, self.v,
                                                                             strict=True):
@@ -89,7 +92,8 @@ class SlotDecoder:
             h = h + F.linear(att.transpose(1, 2).reshape(rows, n, -1), o)
             gate, up = F.linear(_norm(h, ln2, eps2), gate_up).chunk(2, dim=-1)
             h = h + F.linear(F.silu(gate) * up, down)
-        return F.linear(_norm(h[:, -1], self.norm, self.eps), self.lm_head).float()
+        h = h[:, -1] if last is None else h[torch.arange(rows, device=h.device), last]
+        return F.linear(_norm(h, self.norm, self.eps), self.lm_head).float()
 
     @torch.inference_mode()
     def prefill(self, slot: int, ids: list[int], start: int) -> torch.Tensor:
@@ -112,6 +116,24 @@ class SlotDecoder:
 
         return self._layers(F.embedding(x, self.embed), 1, n, self.cos[start:end], self.sin[start:end],
                             write, attend)
+
+    @torch.inference_mode()
+    def prefill_many(self, first: int, prompts: list[list[int]]) -> torch.Tensor:
+        """Whole prompts into slots first..first+len(prompts)-1 in one forward; each one's last logits (k, vocab)."""
+        rows, n = len(prompts), max(len(p) for p in prompts)
+        self.ensure(n)
+        device = self.embed.device
+        x = torch.tensor([p + [0] * (n - len(p)) for p in prompts], dtype=torch.long, device=device)
+        last = torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long, device=device)
+
+        def write(cache, t):
+            cache[first:first + rows, :, :n] = t.transpose(1, 2)
+
+        def attend(q, kc, vc):
+            return F.scaled_dot_product_attention(q, kc[first:first + rows, :, :n], vc[first:first + rows, :, :n],
+                                                  is_causal=n > 1, scale=self.scale, **self.gqa)
+
+        return self._layers(F.embedding(x, self.embed), rows, n, self.cos[:n], self.sin[:n], write, attend, last)
 
     @torch.inference_mode()
     def decode(self, tokens: list[int], positions: list[int]) -> torch.Tensor:

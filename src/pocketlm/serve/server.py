@@ -211,6 +211,8 @@ class Service:
                 raise busy(429, f"the server is busy: {e}", code="rate_limit_exceeded") from None
             except Closed as e:
                 raise busy(503, f"the model is not running ({e})", code="unavailable") from None
+            except ValueError as e:  # an empty prompt (a tokenizer without BOS), one past the context window
+                raise APIError(400, f"the prompt cannot be generated from: {e}", param="prompt") from None
             gen = self._batched(handle, pieces, stats)
             weakref.finalize(gen, handle.cancel)  # a response never started (client gone first) frees it too
             return gen
