@@ -64,13 +64,30 @@ class ChatOptions:
 
 @dataclass(kw_only=True)
 class EvalOptions:
-    model: str = field(help="model directory or run directory", positional=True)
+    model: str = field(help="model directory or run directory (with --against: also a GGUF file)", positional=True)
     data: str = field(help="a prepared data directory (its val split) or a UTF-8 text file")
+    against: str | None = field(None, "a reference model (directory, run or GGUF) with the same tokenizer: "
+                                "report perplexity change, KL divergence and same-top-token rate against it, "
+                                "with size and speed (what quantizing or distilling cost)")
     context: int | None = field(None, "window length in tokens (default: the model's, at most 1024)")
     batch_size: int = field(8, "windows per forward pass")
     max_tokens: int | None = field(None, "score at most this many tokens")
     device: str = field("auto", "auto, cpu, cuda or mps")
     json: bool = field(False, "print the figures as one JSON object")
+
+
+@dataclass(kw_only=True)
+class QuantizeOptions:
+    model: str = field(help="model directory, run directory or GGUF file (f32/f16 is best)", positional=True)
+    method: str = field("q4_k_m", "GGUF type: q8_0, q6_k, q5_k_m, q4_k_m (a good default), q3_k_m, q2_k, ... "
+                        "(every type llama.cpp's quantizer writes), or f16/f32", choices=None)
+    out: str = field(help="the GGUF file to write, e.g. model-q4_k_m.gguf")
+    data: str | None = field(None, "text (a UTF-8 file, or a prepared data directory) to measure the loss on, "
+                             "for --max-loss-increase")
+    max_loss_increase: str | None = field(None, "pick the smallest type whose perplexity on --data is within "
+                                          "this much of the f32 model's, e.g. 1%% (overrides --method)")
+    max_tokens: int = field(8192, "score at most this many tokens of --data per type")
+    threads: int | None = field(None, "quantizer threads (default: all cores)")
 
 
 @dataclass(kw_only=True)
@@ -319,6 +336,14 @@ def cmd_eval(ns):
         save_results(result, path)
         print(json.dumps(result) if opts.json else format_bot_results(result) + f"\nresults: {path}")
         return
+    if opts.against:
+        if task_opts.task:
+            raise UserError("--against compares next-token distributions on --data; leave --task out")
+        from pocketlm.evaluate.against import evaluate_against, print_against
+        report = evaluate_against(opts.model, opts.against, opts.data, context=opts.context or 512,
+                                  max_tokens=opts.max_tokens or 16384, device=resolve_device(opts.device))
+        print_against(report, opts.json)
+        return
     model, tokenizer = load_model(opts.model, device=resolve_device(opts.device))
     if task_opts.task:
         from pocketlm.evaluate.tasks import default_save_path, evaluate_task, format_results, save_results
@@ -358,6 +383,25 @@ def cmd_compare(ns):
     for p, n, r in rows:
         print(f"{p:<{width}}{n / 1e6:>8.1f}M" + "".join(f"{r['metrics'][k]:>16.4f}" for k in names)
               + f"{r['speed']['tokens_per_s']:>10.1f}")
+
+
+def cmd_quantize(ns):
+    from pocketlm.compress.quantize import quantize
+    opts = from_namespace(QuantizeOptions, ns)
+    budget = None
+    if opts.max_loss_increase is not None:
+        try:
+            budget = float(opts.max_loss_increase.strip().rstrip("%"))
+        except ValueError:
+            raise UserError(f"--max-loss-increase {opts.max_loss_increase!r}: give a percentage, e.g. 1%") from None
+    info = quantize(opts.model, opts.out, opts.method, data=opts.data, max_loss_increase=budget,
+                    max_tokens=opts.max_tokens, threads=opts.threads)
+    print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB, {info['method']})")
+    if info["note"]:
+        print(info["note"])
+    if info["grounding"]:
+        print(f"      {info['grounding']}/ (the bot's grounding: keep it beside the file)")
+    print(f"measure it: pocketlm eval {info['path']} --against {opts.model} --data TEXT")
 
 
 def cmd_export(ns):
@@ -471,6 +515,13 @@ assistant-commands(-scratch), intents-banking77(-scratch). A recipe run again sk
     r.add_argument("recipe", help="a recipe YAML file, or the name of one in recipes/")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a recipe parameter (repeatable)")
     verb("compare", "Score several models on the same task, side by side.", cmd_compare, CompareOptions, TaskOptions)
+    verb("quantize", "Shrink a model into a quantized GGUF file with llama.cpp's quantizer (K-quants and the "
+         "rest), optionally the smallest type within a loss budget.", cmd_quantize, QuantizeOptions,
+         epilog="""examples:
+  pocketlm quantize runs/mini --method q4_k_m --out mini-q4_k_m.gguf
+  pocketlm quantize runs/mini --max-loss-increase 1% --data notes.txt --out mini-small.gguf
+  pocketlm eval mini-q4_k_m.gguf --against runs/mini --data notes.txt    # what it cost
+See docs/shrink.md.""")
     verb("export", "Export a model to GGUF for llama.cpp and Ollama, or to ONNX for onnxruntime.", cmd_export,
          ExportOptions, epilog="""examples:
   pocketlm export runs/mini --quant q8_0 --out mini.gguf

@@ -75,8 +75,8 @@ def new_gguf(path: str | Path, *, n_ctx: int = 0, n_threads: int | None = None, 
     if n_threads is None:
         n_threads = default_threads()
     try:
-        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
-                               n_threads_batch=n_threads, logits_all=False, verbose=False, **llama_kwargs)
+        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                               verbose=False, **{"logits_all": False, **llama_kwargs})
     except (ValueError, RuntimeError, OSError) as e:
         raise UserError(f"{path}: llama.cpp cannot load it ({e})") from None
 
