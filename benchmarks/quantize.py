@@ -1,6 +1,6 @@
 """What each GGUF type costs and buys: `pocketlm quantize` then `pocketlm eval --against`, per model.
 
-    python benchmarks/quantize.py                       # demo 5M and SmolLM2-135M, the documented sizes
+    python benchmarks/quantize.py                       # demo 5M and SmolLM2-135M, the documented sizes (~15 min)
     python benchmarks/quantize.py --models small --tokens 2048 --types q8_0,q4_k_m    # quicker
 
 For each model: the f32 GGUF export is checked against the PyTorch model (perplexity, KL divergence, same top
@@ -89,7 +89,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="small,135m")
     ap.add_argument("--types", default=TYPES)
-    ap.add_argument("--tokens", type=int, default=8192, help="tokens scored per comparison")
+    ap.add_argument("--tokens", type=int, default=8192, help="tokens scored per comparison (small model)")
+    ap.add_argument("--tokens-135m", type=int, default=2048,
+                    help="tokens scored per comparison for the 135M (a minute per 2,048 on two cores)")
     ap.add_argument("--small-model", default=str(REPO / "runs" / "demo" / "run" / "model"))
     ap.add_argument("--small-data", default=str(REPO / "runs" / "demo" / "data"))
     ap.add_argument("--hf-model", default=str(REPO / "runs" / "bench" / "smollm2-135m-hf"))
@@ -113,7 +115,8 @@ def main(argv=None) -> None:
             if not (model / "config.json").exists():
                 print(f"skipping {name}: {shown(model)} is missing (make demo; benchmarks/serve_load.py makes the 135M)")
                 continue
-            results.append(bench_model(name, model, data, types, args.tokens, Path(tmp)))
+            tokens = args.tokens if name == "small" else args.tokens_135m
+            results.append(bench_model(name, model, data, types, tokens, Path(tmp)))
             for r in results:
                 if r["data"].startswith(".bench-quantize-") or "/.bench-quantize-" in r["data"]:
                     r["data"] = "../shared/data/tinystories/valid.txt (first 400,000 characters)"

@@ -17,6 +17,7 @@ ALLOWED = {
     "evaluate": {"data", "model", "retrieval", "inference"},
     "export": {"data", "model", "retrieval"},
     "serve": {"data", "model", "retrieval", "inference"},
+    "compress": {"data", "model", "retrieval", "inference", "evaluate", "export"},
     "bot": {"data", "model", "retrieval", "inference", "train", "evaluate", "export", "serve"},
 }
 
