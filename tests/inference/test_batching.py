@@ -77,17 +77,37 @@ def test_slot_decoder_matches_the_batch_one_engine(tiny):
     assert d.capacity == 8
 
 
-def test_short_prompts_prefilled_together_match_one_by_one(tiny):
+def test_prompts_fed_beside_decoding_match_separate_forwards(tiny):
+    """`step`: decode tokens of running sequences and prompt chunks of others in one forward give the logits
+    and the cache of separate decode and prefill calls."""
     model, tokenizer, _ = tiny
     ps = prompts(tokenizer)
-    d = SlotDecoder(model, slots=len(ps) + 1, max_len=model.config.max_position_embeddings, initial=8)
-    want = torch.cat([d.prefill(slot, p, 0) for slot, p in enumerate(ps)])
-    k_want = [k[:len(ps)].clone() for k in d.k]
-    got = d.prefill_many(1, ps)  # right-padded to the longest, into slots 1..5
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    for k, ref in zip(d.k, k_want, strict=True):  # each prompt's own positions hold the same keys
-        for i, p in enumerate(ps):
-            torch.testing.assert_close(k[1 + i, :, :len(p)], ref[i, :, :len(p)], rtol=1e-4, atol=1e-4)
+    max_len = model.config.max_position_embeddings
+
+    def running_pair():  # two sequences decoding, in slots 0 and 1
+        d = SlotDecoder(model, slots=len(ps) + 2, max_len=max_len, initial=8)
+        firsts = [int(d.prefill(slot, p, 0).argmax()) for slot, p in enumerate(ps[:2])]
+        return d, firsts, [len(p) for p in ps[:2]]
+
+    ref, firsts, positions = running_pair()
+    want_dec = ref.decode(firsts, positions)
+    want_seg = [ref.prefill(2, ps[2], 0), ref.prefill(3, ps[3], 0), ref.prefill(4, ps[4][:3], 0)]
+    want_seg.append(ref.prefill(4, ps[4][3:], 3))  # a later chunk of a long prompt attends to its prefix
+
+    got, firsts, positions = running_pair()
+    dec, seg = got.step(firsts, positions, [(2, ps[2], 0), (3, ps[3], 0), (4, ps[4][:3], 0)])
+    _, last = got.step([], [], [(4, ps[4][3:], 3)])
+    torch.testing.assert_close(dec, want_dec, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.cat([seg, last]), torch.cat(want_seg), rtol=1e-4, atol=1e-4)
+    for k, ref_k in zip(got.k, ref.k, strict=True):
+        for slot, length in [(0, positions[0] + 1), (1, positions[1] + 1), (2, len(ps[2])), (3, len(ps[3])),
+                             (4, len(ps[4]))]:
+            torch.testing.assert_close(k[slot, :, :length], ref_k[slot, :, :length], rtol=1e-4, atol=1e-4)
+    # with nothing running, several prompts go in one forward too
+    alone = SlotDecoder(model, slots=len(ps), max_len=max_len, initial=8)
+    none, many = alone.step([], [], [(slot, p, 0) for slot, p in enumerate(ps)])
+    assert none is None
+    torch.testing.assert_close(many, torch.cat([ref.prefill(0, p, 0) for p in ps]), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("chunk", [4, 256], ids=["long-prompts-in-chunks", "short-prompts-together"])

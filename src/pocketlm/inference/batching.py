@@ -2,12 +2,13 @@
 
 One thread owns the model. Each turn of its loop it
 1. takes in new requests and drops cancelled ones (a client gone mid-stream frees its slot at once);
-2. feeds at most one chunk (`chunk` tokens) of prompts: several short prompts together in one forward, or the
-   next chunk of one long prompt, so a long prompt does not stall the others for long; when its prompt is in,
-   a request samples its first token and joins the running batch;
-3. runs one decode step for every running request together (inference/slots.py), then samples each one's next
-   token with its own settings (temperature, top-p, top-k, seed, repetition penalty, a constraint) and ends
-   those that hit a stop token, a stop string, max_new_tokens or the context window.
+2. runs one forward (inference/slots.py `step`) holding a decode token of every running request and at most
+   one chunk (`chunk` tokens) of prompts: whole short prompts of waiting requests, or the next chunk of one
+   long prompt, so a long prompt does not stall the others for long, and a prompt fed beside the decoding
+   costs little (the weights are read once for both);
+3. samples each running request's next token with its own settings (temperature, top-p, top-k, seed,
+   repetition penalty, a constraint) and ends those that hit a stop token, a stop string, max_new_tokens or the
+   context window; a request whose prompt is in samples its first token and joins the running batch.
 Running requests stay in slots 0..n-1: when one leaves, the last one moves into its place.
 The queue is bounded: `submit` raises `Busy` when `max_waiting` requests already wait. When nothing is in
 flight the cache memory beyond its initial size is given back.
@@ -120,9 +121,7 @@ class BatchEngine:
                 if not self._intake(block=idle):
                     break
                 self._drop_cancelled()
-                self._admit()
-                if self.running:
-                    self._decode()
+                self._turn()
         except BaseException as e:  # noqa: BLE001 - every request is told, then the engine stays closed
             self.error = e
         finally:
@@ -174,30 +173,54 @@ class BatchEngine:
         if self.admitting is not None:
             self.decoder.move(last + 1, last, self.admitting.fed)
 
-    def _admit(self) -> None:
-        """Feed up to `chunk` prompt tokens: the next chunk of one long prompt, or several whole short prompts
-        in one forward (a tiny model costs about the same per forward whatever it holds, so requests arriving
-        together start together)."""
-        if self.admitting is None:
-            batch: list[Request] = []
-            while (self.waiting and len(self.running) + len(batch) < self.slots
-                   and (len(batch) + 1) * max(len(r.prompt) for r in [*batch, self.waiting[0]]) <= self.chunk):
-                batch.append(self._take())
-            if batch:
-                return self._start_many(batch)
-            if not self.waiting or len(self.running) >= self.slots:
-                return
-            self.admitting = self._take()  # a prompt longer than a chunk: fed one chunk per turn
-        req = self.admitting
-        piece = req.prompt[req.fed: req.fed + self.chunk]
-        logits = self.decoder.prefill(len(self.running), piece, req.fed)
-        req.fed += len(piece)
-        if req.fed < len(req.prompt):
+    def _turn(self) -> None:
+        """One forward: a decode token for every running request and, in the same forward, up to `chunk`
+        prompt tokens of requests being admitted (their weights are read once for all of them)."""
+        segments = self._plan()
+        if not self.running and not segments:
             return
-        self.admitting = None
-        self.running.append(req)
-        if not self._next(req, logits):
-            self._leave(len(self.running) - 1)
+        t = time.perf_counter()
+        running = list(self.running)
+        dec, seg = self.decoder.step([r.generated[-1] for r in running], [r.length - 1 for r in running],
+                                     [(slot, piece, start) for _, slot, piece, start in segments])
+        keep = [self._next(r, dec[i:i + 1]) for i, r in enumerate(running)]
+        if running and self.on_step is not None:
+            self.on_step(len(running), time.perf_counter() - t)
+        for i, (req, _, piece, start) in enumerate(segments):
+            req.fed = start + len(piece)
+            if req.fed < len(req.prompt):
+                continue  # a prompt longer than a chunk: its next chunk next turn
+            if req is self.admitting:
+                self.admitting = None
+            self.running.append(req)  # in the slot it was fed into: its index in running
+            keep.append(self._next(req, seg[i:i + 1]))
+        for i in reversed(range(len(keep))):
+            if not keep[i]:
+                self._leave(i)
+
+    def _plan(self) -> list[tuple[Request, int, list[int], int]]:
+        """The prompt tokens to feed this turn, as (request, slot, tokens, start): the next chunk of the prompt
+        being admitted (one longer than a chunk), or whole short prompts of waiting requests, as many as fit
+        in `chunk` tokens and the free slots."""
+        rows = len(self.running)
+        if self.admitting is not None:
+            req = self.admitting
+            return [(req, rows, req.prompt[req.fed: req.fed + self.chunk], req.fed)]
+        plan: list[tuple[Request, int, list[int], int]] = []
+        budget = self.chunk
+        while self.waiting and rows + len(plan) < self.slots:
+            n = len(self.waiting[0].prompt)
+            if n > self.chunk:
+                if plan:
+                    break
+                req = self.admitting = self._take()
+                return [(req, rows, req.prompt[: self.chunk], 0)]
+            if n > budget:
+                break
+            req = self._take()
+            budget -= n
+            plan.append((req, rows + len(plan), req.prompt, 0))
+        return plan
 
     def _take(self) -> Request:
         req = self.waiting.popleft()
@@ -209,27 +232,6 @@ class BatchEngine:
         if req.cfg.repetition_penalty != 1.0:
             req.seen = torch.tensor([req.prompt], device=self.decoder.embed.device)
         return req
-
-    def _start_many(self, batch: list[Request]) -> None:
-        first = len(self.running)
-        logits = self.decoder.prefill_many(first, [r.prompt for r in batch])
-        for r in batch:
-            r.fed = len(r.prompt)
-        self.running.extend(batch)
-        keep = [self._next(r, logits[i:i + 1]) for i, r in enumerate(batch)]
-        for i in reversed(range(len(keep))):
-            if not keep[i]:
-                self._leave(first + i)
-
-    def _decode(self) -> None:
-        t = time.perf_counter()
-        logits = self.decoder.decode([r.generated[-1] for r in self.running], [r.length - 1 for r in self.running])
-        keep = [self._next(r, logits[i:i + 1]) for i, r in enumerate(self.running)]
-        if self.on_step is not None:
-            self.on_step(len(keep), time.perf_counter() - t)
-        for i in reversed(range(len(keep))):
-            if not keep[i]:
-                self._leave(i)
 
     def _next(self, req: Request, logits: torch.Tensor) -> bool:
         """Sample and hand out req's next token; False when the request has ended."""

@@ -7,9 +7,9 @@ rotary tables from the model's own `rotary_emb`, sdpa with grouped-query attenti
   sequence needs more room (up to `max_len`) and `reset()` gives the memory back, so memory follows what is
   in flight instead of slots x context;
 - `prefill(slot, ids, start)`: a chunk of one sequence's prompt, causal within the chunk;
-- `prefill_many(first, prompts)`: several whole prompts at once, in slots first.., right-padded to the longest
-  (the padding's cache entries lie past each sequence's end, where decoding masks them and later overwrites
-  them);
+- `step(tokens, positions, segments)`: both in one forward, a decode token for the sequences in slots
+  0..n-1 and prompt chunks of other sequences: the weights are read once for all of them, so feeding a prompt
+  while others decode costs little more than their decode step;
 - `decode(tokens)`: one new token for each of the sequences in slots 0..n-1 (the scheduler keeps the running
   sequences in the first slots, `move` compacts them), each at its own position, with a mask that hides
   the rest of the cache.
@@ -79,7 +79,7 @@ class SlotDecoder:
             for t in cache:
                 t[dst, :, :length] = t[src, :, :length]
 
-    def _layers(self, h, rows, n, cos, sin, write, attend, last=None):
+    def _layers(self, h, rows, n, cos, sin, write, attend):
         nh, nqk, half = self.heads, self.heads + self.kv_heads, self.head_dim // 2
         for (ln1, eps1, qkv_w, o, ln2, eps2, gate_up, down), kc, vc in zip(self.weights, self.k, self.v,
                                                                             strict=True):
@@ -92,8 +92,7 @@ class SlotDecoder:
             h = h + F.linear(att.transpose(1, 2).reshape(rows, n, -1), o)
             gate, up = F.linear(_norm(h, ln2, eps2), gate_up).chunk(2, dim=-1)
             h = h + F.linear(F.silu(gate) * up, down)
-        h = h[:, -1] if last is None else h[torch.arange(rows, device=h.device), last]
-        return F.linear(_norm(h, self.norm, self.eps), self.lm_head).float()
+        return F.linear(_norm(h[:, -1], self.norm, self.eps), self.lm_head).float()
 
     @torch.inference_mode()
     def prefill(self, slot: int, ids: list[int], start: int) -> torch.Tensor:
@@ -116,24 +115,6 @@ class SlotDecoder:
 
         return self._layers(F.embedding(x, self.embed), 1, n, self.cos[start:end], self.sin[start:end],
                             write, attend)
-
-    @torch.inference_mode()
-    def prefill_many(self, first: int, prompts: list[list[int]]) -> torch.Tensor:
-        """Whole prompts into slots first..first+len(prompts)-1 in one forward; each one's last logits (k, vocab)."""
-        rows, n = len(prompts), max(len(p) for p in prompts)
-        self.ensure(n)
-        device = self.embed.device
-        x = torch.tensor([p + [0] * (n - len(p)) for p in prompts], dtype=torch.long, device=device)
-        last = torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long, device=device)
-
-        def write(cache, t):
-            cache[first:first + rows, :, :n] = t.transpose(1, 2)
-
-        def attend(q, kc, vc):
-            return F.scaled_dot_product_attention(q, kc[first:first + rows, :, :n], vc[first:first + rows, :, :n],
-                                                  is_causal=n > 1, scale=self.scale, **self.gqa)
-
-        return self._layers(F.embedding(x, self.embed), rows, n, self.cos[:n], self.sin[:n], write, attend, last)
 
     @torch.inference_mode()
     def decode(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
@@ -160,3 +141,62 @@ class SlotDecoder:
 
         return self._layers(F.embedding(x, self.embed), rows, 1, self.cos[pos][:, None], self.sin[pos][:, None],
                             write, attend)
+
+    @torch.inference_mode()
+    def step(self, tokens: list[int], positions: list[int],
+             segments: list[tuple[int, list[int], int]] = ()) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One forward for a decode token of each sequence in slots 0..len(tokens)-1 and prompt chunks
+        `segments` [(slot, ids, start)] of other sequences: the weights are read once for all of them, so a
+        prompt fed while others decode costs little more than the decode step alone. Returns (decode logits
+        (len(tokens), vocab) or None, each segment's last-position logits (len(segments), vocab) or None)."""
+        if not segments:
+            return self.decode(tokens, positions), None
+        if not tokens and len(segments) == 1:
+            slot, ids, start = segments[0]
+            return None, self.prefill(slot, ids, start)
+        rows, device = len(tokens), self.embed.device
+        spans = [(slot, len(ids), start) for slot, ids, start in segments]
+        self.ensure(max([p + 1 for p in positions] + [start + n for _, n, start in spans]))
+        pos = torch.tensor(positions + [p for _, n, start in spans for p in range(start, start + n)],
+                           dtype=torch.long, device=device)
+        x = torch.tensor(tokens + [t for _, ids, _ in segments for t in ids], dtype=torch.long, device=device)
+        nh, nqk, half, hd = self.heads, self.heads + self.kv_heads, self.head_dim // 2, self.head_dim
+        cos, sin = self.cos[pos], self.sin[pos]  # (T, 1, head_dim)
+        dec_pos, rows_idx = pos[:rows], torch.arange(rows, device=device)
+        dec_end = max(positions) + 1 if rows else 0
+        dec_mask = None if rows <= 1 else (torch.arange(dec_end, device=device)[None] <= dec_pos[:, None])[:, None, None]
+        seg_masks = [None if not start else torch.ones(n, start + n, dtype=torch.bool, device=device).tril(start)
+                     for _, n, start in spans]
+        h = F.embedding(x, self.embed)  # (T, hidden)
+        for (ln1, eps1, qkv_w, o, ln2, eps2, gate_up, down), kc, vc in zip(self.weights, self.k, self.v,
+                                                                            strict=True):
+            qkv = F.linear(_norm(h, ln1, eps1), qkv_w).view(len(x), -1, hd)
+            qk = qkv[:, :nqk]
+            qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
+            q, k, v = qk[:, :nh], qk[:, nh:], qkv[:, nqk:]
+            parts = []
+            if rows:
+                if rows == 1:
+                    kc[0, :, dec_end - 1], vc[0, :, dec_end - 1] = k[0], v[0]
+                else:
+                    kc[rows_idx, :, dec_pos], vc[rows_idx, :, dec_pos] = k[:rows], v[:rows]
+                att = F.scaled_dot_product_attention(q[:rows, :, None], kc[:rows, :, :dec_end], vc[:rows, :, :dec_end],
+                                                     attn_mask=dec_mask, scale=self.scale, **self.gqa)
+                parts.append(att.reshape(rows, -1))
+            at = rows
+            for (slot, n, start), mask in zip(spans, seg_masks, strict=True):
+                end = start + n
+                kc[slot, :, start:end], vc[slot, :, start:end] = k[at:at + n].transpose(0, 1), v[at:at + n].transpose(0, 1)
+                att = F.scaled_dot_product_attention(q[at:at + n].transpose(0, 1)[None], kc[slot:slot + 1, :, :end],
+                                                     vc[slot:slot + 1, :, :end], attn_mask=mask,
+                                                     is_causal=mask is None and n > 1, scale=self.scale, **self.gqa)
+                parts.append(att[0].transpose(0, 1).reshape(n, -1))
+                at += n
+            h = h + F.linear(torch.cat(parts), o)
+            gate, up = F.linear(_norm(h, ln2, eps2), gate_up).chunk(2, dim=-1)
+            h = h + F.linear(F.silu(gate) * up, down)
+        ends = torch.tensor([rows + sum(n for _, n, _ in spans[:i + 1]) - 1 for i in range(len(spans))],
+                            dtype=torch.long, device=device)
+        last = torch.cat([rows_idx, ends])
+        logits = F.linear(_norm(h[last], self.norm, self.eps), self.lm_head).float()
+        return (logits[:rows] if rows else None), logits[rows:]
