@@ -337,6 +337,10 @@ async def one_request(client, model: str, prompt: str, *, stream: bool, max_toke
     return out
 
 
+CONTENT = re.compile(rb'"content":\s*"[^"]')  # a chunk with text (not the role chunk's empty content)
+USAGE = re.compile(rb'"usage":\s*\{')
+
+
 class RawClient:
     """A minimal streaming client for the scaling part (--client raw): one HTTP/1.1 connection per request over
     asyncio streams, the chunked body and the SSE events read as bytes, JSON parsed only for the usage event.
@@ -381,7 +385,7 @@ class RawClient:
                     elif b'"error"' in ev[:20]:
                         out["kind"] = "stream_error"
                         return
-                    elif b'"content":"' in ev and b'"content":""' not in ev:
+                    elif CONTENT.search(ev):
                         now = time.perf_counter()
                         if last is None:
                             out["ttft"] = now - t0
@@ -389,7 +393,7 @@ class RawClient:
                             out["gaps"].append(now - last)
                         last = now
                         out["chunks"] += 1
-                    elif b'"usage":{' in ev:
+                    elif USAGE.search(ev):
                         usage = json.loads(ev[5:])["usage"]
             if not done:
                 out["kind"] = "truncated"
