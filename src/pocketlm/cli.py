@@ -480,11 +480,12 @@ Only assistant tokens are trained on; the best validation checkpoint becomes OUT
          ServeOptions, epilog="""examples:
   pocketlm serve runs/shop-sft                     # http://127.0.0.1:8000/v1, this machine only
   pocketlm serve model.gguf --port 8080 --api-key s3cret
-Requests are answered one at a time in this version; see docs/serve.md.""")
+Concurrent requests are decoded together (--parallel); see docs/serve.md.""")
     verb("eval", "Loss, perplexity, bits per byte, size, memory and speed of a model; or, with --task, "
          "the task metric on held-out examples.", cmd_eval, EvalOptions, TaskOptions, epilog="""examples:
   pocketlm eval runs/mini --data data/mine                     # perplexity and bits per byte on the val split
   pocketlm eval runs/mini --data notes.txt --json
+  pocketlm eval mini-q4_k_m.gguf --against runs/mini --data notes.txt   # what quantizing cost (KL, top token)
   pocketlm eval runs/bot --task facts --data examples/shop/faq_heldout.jsonl \\
       --prompt-field question --completion-field answer
   pocketlm eval runs/intents --task classification --data test.csv --prompt-field text --completion-field category
