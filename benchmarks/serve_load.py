@@ -267,6 +267,28 @@ def prompts() -> list[str]:
     return [json.loads(x)["question"] for x in lines if x.strip()][:64]
 
 
+def new_outcome(stream: bool) -> dict:
+    return {"stream": stream, "status": None, "tokens": 0, "chunks": 0, "ttft": None, "gaps": [], "kind": "ok"}
+
+
+def content_arrived(out: dict, t0: float, last: float | None) -> float:
+    """Record a content chunk arriving now (time to first token, or the gap since the last); returns now."""
+    now = time.perf_counter()
+    if last is None:
+        out["ttft"] = now - t0
+    else:
+        out["gaps"].append(now - last)
+    out["chunks"] += 1
+    return now
+
+
+def finish_outcome(out: dict, t0: float) -> dict:
+    if out["status"] is not None and out["status"] != 200 and out["kind"] == "ok":
+        out["kind"] = f"http_{out['status']}"
+    out["elapsed"] = time.perf_counter() - t0
+    return out
+
+
 async def one_request(client, model: str, prompt: str, *, stream: bool, max_tokens: int, temperature: float,
                       seed: int, timeout: float, abort: bool = False) -> dict:
     """One chat completion. Returns its outcome: status, tokens, ttft, the gaps between content chunks, and
@@ -276,7 +298,7 @@ async def one_request(client, model: str, prompt: str, *, stream: bool, max_toke
             "temperature": temperature, "seed": seed, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
-    out = {"stream": stream, "status": None, "tokens": 0, "chunks": 0, "ttft": None, "gaps": [], "kind": "ok"}
+    out = new_outcome(stream)
     t0 = time.perf_counter()
 
     async def run():
@@ -308,13 +330,7 @@ async def one_request(client, model: str, prompt: str, *, stream: bool, max_toke
                     usage = event["usage"]
                 for choice in event.get("choices") or ():
                     if (choice.get("delta") or {}).get("content"):
-                        now = time.perf_counter()
-                        if last is None:
-                            out["ttft"] = now - t0
-                        else:
-                            out["gaps"].append(now - last)
-                        last = now
-                        out["chunks"] += 1
+                        last = content_arrived(out, t0, last)
                         if abort:
                             out["kind"] = "aborted"
                             return  # leaving the `async with` closes the connection mid-stream
@@ -331,10 +347,7 @@ async def one_request(client, model: str, prompt: str, *, stream: bool, max_toke
     except httpx.HTTPError as e:
         out["kind"] = "conn_error"
         out["error"] = f"{type(e).__name__}: {e}"[:200]
-    if out["status"] is not None and out["status"] != 200 and out["kind"] == "ok":
-        out["kind"] = f"http_{out['status']}"
-    out["elapsed"] = time.perf_counter() - t0
-    return out
+    return finish_outcome(out, t0)
 
 
 CONTENT = re.compile(rb'"content":\s*"[^"]')  # a chunk with text (not the role chunk's empty content)
@@ -386,13 +399,7 @@ class RawClient:
                         out["kind"] = "stream_error"
                         return
                     elif CONTENT.search(ev):
-                        now = time.perf_counter()
-                        if last is None:
-                            out["ttft"] = now - t0
-                        else:
-                            out["gaps"].append(now - last)
-                        last = now
-                        out["chunks"] += 1
+                        last = content_arrived(out, t0, last)
                     elif USAGE.search(ev):
                         usage = json.loads(ev[5:])["usage"]
             if not done:
@@ -407,7 +414,7 @@ async def raw_request(client: RawClient, model: str, prompt: str, *, max_tokens:
                       seed: int, timeout: float) -> dict:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
             "temperature": temperature, "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
-    out = {"stream": True, "status": None, "tokens": 0, "chunks": 0, "ttft": None, "gaps": [], "kind": "ok"}
+    out = new_outcome(True)
     t0 = time.perf_counter()
     try:
         await asyncio.wait_for(client.stream_chat(body, out, t0), timeout)
@@ -416,10 +423,7 @@ async def raw_request(client: RawClient, model: str, prompt: str, *, max_tokens:
     except (OSError, ValueError, IndexError) as e:
         out["kind"] = "conn_error"
         out["error"] = f"{type(e).__name__}: {e}"[:200]
-    if out["status"] is not None and out["status"] != 200 and out["kind"] == "ok":
-        out["kind"] = f"http_{out['status']}"
-    out["elapsed"] = time.perf_counter() - t0
-    return out
+    return finish_outcome(out, t0)
 
 
 def client_for(url: str, concurrency: int, timeout: float):

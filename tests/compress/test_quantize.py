@@ -83,13 +83,19 @@ def test_smallest_type_within_a_loss_budget(tiny_run, text, tmp_path, capsys):
     assert "q3_k_m" in shown and "within 1000%" in shown and out.exists()
     from pocketlm.evaluate.against import gguf_file_type
     assert gguf_file_type(out) == "Q3_K_M"
-    # a budget between two rungs picks the first rung within it: the one after the last that was over
-    assert main(["quantize", str(tiny_run), "--max-loss-increase", "0.0001", "--data", str(text),
-                 "--out", str(tmp_path / "tight.gguf")]) in (0, 2)
-    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("q")
-            or line.strip().startswith("f16")]
+    # a budget tighter than the smallest rung: the rungs are measured in order up to the first within
+    rc = main(["quantize", str(tiny_run), "--max-loss-increase", "0.0001", "--data", str(text),
+               "--out", str(tmp_path / "tight.gguf")])
+    captured = capsys.readouterr()
+    rows = [line.split() for line in captured.out.splitlines() if line.startswith("  q") or line.startswith("  f16")]
     verdicts = [r[-2] for r in rows]
-    assert verdicts[:-1] == ["over"] * (len(verdicts) - 1)  # measured smallest first, stopped at the first within
+    assert verdicts and verdicts[0] == "over"  # q3_k_m costs more than 0.0001% on a tiny model
+    if rc == 0:  # measured smallest first, stopped at the first within
+        assert verdicts == ["over"] * (len(verdicts) - 1) + ["within"]
+        assert (tmp_path / "tight.gguf").exists()
+    else:  # none within: a one-line error, and no file
+        assert rc == 2 and verdicts == ["over"] * len(verdicts) and "no type keeps perplexity" in captured.err
+        assert not (tmp_path / "tight.gguf").exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -115,3 +121,19 @@ def test_against_a_model_with_another_vocabulary_is_refused(tiny_run, quantized,
                             dtype="fp32"))
     assert main(["eval", str(other), "--against", str(tiny_run), "--data", str(text)]) == 2
     assert "share a tokenizer" in capsys.readouterr().err
+
+
+def test_kl_and_same_top_against_hand_computed_values():
+    import math
+
+    import numpy as np
+
+    from pocketlm.evaluate.against import compare_logits
+    ref = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.2, 0.7]], dtype=np.float32))
+    cand = np.log(np.array([[0.25, 0.5, 0.25], [0.1, 0.2, 0.7]], dtype=np.float32))
+    got = compare_logits(ref, cand, np.array([1, 2]))
+    want_kl = 0.5 * math.log(0.5 / 0.25) + 0.25 * math.log(0.25 / 0.5)  # row 2: identical, 0
+    assert np.allclose(got["kl"], [want_kl, 0.0], atol=1e-6)
+    assert np.allclose(got["nll_ref"], [-math.log(0.25), -math.log(0.7)], atol=1e-6)
+    assert np.allclose(got["nll_model"], [-math.log(0.5), -math.log(0.7)], atol=1e-6)
+    assert got["same_top"].tolist() == [False, True]

@@ -146,18 +146,18 @@ def open_side(path: str, context: int, device: torch.device):
     return GGUFSide(path, context) if is_gguf(path) else TorchSide(path, device)
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
 def compare_logits(ref: np.ndarray, cand: np.ndarray, targets: np.ndarray) -> dict:
-    """Per-position figures of two (n, vocab) logit arrays against the actual next tokens (n,)."""
-    lr, lc = _log_softmax(ref.astype(np.float64)), _log_softmax(cand.astype(np.float64))
-    rows = np.arange(len(targets))
-    return {"nll_ref": -lr[rows, targets], "nll_model": -lc[rows, targets],
-            "kl": np.maximum((np.exp(lr) * (lr - lc)).sum(axis=-1), 0.0),
-            "same_top": lr.argmax(-1) == lc.argmax(-1)}
+    """Per-position figures of two (n, vocab) logit arrays against the actual next tokens (n,). In float32 with
+    torch (threaded, in place where it can be): a 135M model's 512 x 49k window is 100 MB an array."""
+    lr = torch.log_softmax(torch.from_numpy(ref).float(), dim=-1)
+    lc = torch.log_softmax(torch.from_numpy(cand).float(), dim=-1)
+    rows, t = torch.arange(len(targets)), torch.from_numpy(np.asarray(targets, dtype=np.int64))
+    same_top = lr.argmax(-1) == lc.argmax(-1)
+    nll_ref, nll_model = -lr[rows, t], -lc[rows, t]
+    lc.neg_().add_(lr)  # lc := lr - lc
+    kl = (lr.exp_() * lc).sum(-1).clamp_min_(0.0)  # lr := p_ref
+    return {"nll_ref": nll_ref.double().numpy(), "nll_model": nll_model.double().numpy(), "kl": kl.double().numpy(),
+            "same_top": same_top.numpy()}
 
 
 def evaluate_against(model: str, reference: str, data: str, *, context: int = 512, max_tokens: int = 16384,
