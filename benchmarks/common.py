@@ -63,3 +63,21 @@ def save_result(name: str, result: dict) -> Path:
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)  # a crash never leaves half a result file
     return path
+
+
+def pocketlm(*args: str) -> str:
+    """Run the `pocketlm` CLI as a user would, in its own process; its stdout (the run stops on failure)."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "pocketlm", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"pocketlm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def relative(path: Path) -> str:
+    """A path as results files show it: relative to the repository, never a machine's own path."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return Path(path).name

@@ -35,6 +35,8 @@ BENCHMARKS = {
                      ["--preset", "nano-1m", "--levels", "1,4", "--tokens", "16", "--repeats", "1", "--name", "quick"]),
     "sampling": ([], ["--repeats", "50", "--name", "quick"]),
     "quantize": ([], ["--models", "small", "--tokens", "1024", "--types", "q8_0,q4_k_m"]),
+    "distill": (["--parts", "alone,kd,kd-warm"],
+                ["--parts", "alone,kd", "--minutes", "1", "--work", str(HERE.parent / "runs" / "bench" / "distill-quick")]),
     "serve_load": ([], ["--models", "small", "--requests", "50", "--levels", "1,4", "--rounds", "1",
                         "--max-tokens", "32", "--parts", "scaling,load"]),
 }

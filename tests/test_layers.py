@@ -13,7 +13,7 @@ ALLOWED = {
     "model": {"data"},
     "retrieval": {"data", "model"},
     "inference": {"data", "model"},
-    "train": {"data", "model", "retrieval"},
+    "train": {"data", "model", "retrieval", "inference"},
     "evaluate": {"data", "model", "retrieval", "inference"},
     "export": {"data", "model", "retrieval"},
     "serve": {"data", "model", "retrieval", "inference"},

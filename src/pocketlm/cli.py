@@ -91,6 +91,19 @@ class QuantizeOptions:
 
 
 @dataclass(kw_only=True)
+class PruneOptions:
+    model: str = field(help="model directory, run directory or GGUF file (Llama, Mistral, Qwen2/3 architectures)",
+                       positional=True)
+    out: str = field(help="the pruned model directory to write")
+    data: str = field(help="calibration text: a UTF-8 file or a prepared data directory (its train split), "
+                           "of the kind the model will see")
+    layers: int | None = field(None, "keep this many layers: the ones that change the hidden state most")
+    ffn_size: int | None = field(None, "keep this many MLP channels in every layer: the most active ones")
+    hidden_size: int | None = field(None, "keep this many hidden (embedding) channels: the most active ones")
+    max_tokens: int = field(16384, "measure importance on at most this many tokens of --data")
+
+
+@dataclass(kw_only=True)
 class ExportOptions:
     model: str = field(help="model directory or run directory", positional=True)
     format: str = field("gguf", "output format: gguf (one file for llama.cpp and Ollama) or onnx (a directory "
@@ -181,6 +194,24 @@ def cmd_finetune(ns):
         print("interrupted: checkpoint saved; continue with the same command plus --resume")
     print(f"model:      {s['model_dir']}{' (LoRA adapter; `pocketlm merge` folds it in)' if s['config']['lora'] else ''}")
     print(f"loss curve: {s['loss_plot']}")
+
+
+def cmd_distill(ns):
+    from pocketlm.train.distill import DistillConfig, distill
+    s = distill(_config_from(DistillConfig, ns))
+    if not _is_main_process() or "step" not in s:  # --cache-only has said what it did
+        return
+    teacher = f"; the teacher ran {s['teacher_s']:.0f} s of it" if "teacher_s" in s else ""
+    cached = (f"; teacher cache: {s['cache_hits']:,} chunks read back, {s['cache_misses']:,} computed"
+              if "cache_hits" in s else "")
+    print(f"\ndistilled {s['step']} steps, {s['tokens']:,} tokens in {s['elapsed']:.0f} s "
+          f"({s['tokens_per_s']:,.0f} tokens/s{teacher}{cached}); validation loss "
+          f"{s.get('val_loss', float('nan')):.4f}")
+    print(f"student:    {s['parameters'] / 1e6:.1f}M parameters, {s['compression']:.1f}x smaller than the teacher")
+    if s["stopped"] == "interrupted":
+        print("interrupted: checkpoint saved; continue with the same command plus --resume")
+    print(f"model:      {s['model_dir']}\nloss curve: {s['loss_plot']}\n"
+          f"measure it: pocketlm eval {s['model_dir']} --data TEXT   (and the teacher on the same TEXT)")
 
 
 def cmd_merge(ns):
@@ -404,6 +435,20 @@ def cmd_quantize(ns):
     print(f"measure it: pocketlm eval {info['path']} --against {opts.model} --data TEXT")
 
 
+def cmd_prune(ns):
+    from pocketlm.compress.prune import prune
+    opts = from_namespace(PruneOptions, ns)
+    info = prune(opts.model, opts.out, data=opts.data, layers=opts.layers, ffn_size=opts.ffn_size,
+                 hidden_size=opts.hidden_size, max_tokens=opts.max_tokens)
+    sizes = ", ".join(f"{k.replace('_', ' ')} {a} -> {b}" for k, (a, b) in info["sizes"].items() if a != b)
+    before, after = info["parameters_before"], info["parameters_after"]
+    print(f"wrote {info['path']}: {before / 1e6:.1f}M -> {after / 1e6:.1f}M parameters ({after / before:.0%}; {sizes})")
+    if info["layers_dropped"]:
+        print(f"layers dropped (least block influence): {', '.join(map(str, info['layers_dropped']))}")
+    print(f"recover its quality: pocketlm distill --teacher {opts.model} --student {info['path']} --data DATA "
+          "--out RUN (DATA tokenized with the model's tokenizer)")
+
+
 def cmd_export(ns):
     opts = from_namespace(ExportOptions, ns)
     if opts.format == "onnx":
@@ -447,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pocketlm.bot.build import BotBuildConfig
     from pocketlm.data.options import PrepareConfig
     from pocketlm.inference.options import SamplingConfig
-    from pocketlm.train.options import FinetuneConfig, PretrainConfig
+    from pocketlm.train.options import DistillConfig, FinetuneConfig, PretrainConfig
     del fmt
     verb("prepare", "Clean, de-duplicate and tokenize text into train/val token shards.", cmd_prepare,
          PrepareConfig, recipe=True, epilog="""examples:
@@ -469,6 +514,16 @@ Ctrl-C saves a checkpoint; add --resume to the same command to continue.""")
   pocketlm finetune --base models/qwen --data pairs.tsv --columns en de \\
       --prompt-template 'Translate to German: {en}' --completion-template '{de}' --out runs/de --lora
 Only assistant tokens are trained on; the best validation checkpoint becomes OUT/model.""")
+    verb("distill", "Train a small student on a bigger teacher's next-token distributions (knowledge "
+         "distillation).", cmd_distill, DistillConfig, recipe=True, epilog="""examples:
+  pocketlm prepare stories.txt --tokenizer SmolLM2-135M-Instruct.Q4_1.gguf --out data/stories-smol
+  pocketlm distill --teacher SmolLM2-135M-Instruct.Q4_1.gguf --student mini-12m \\
+      --data data/stories-smol --out runs/student --max-time 30m
+  pocketlm distill --teacher runs/big --student runs/big-pruned --data data/mine --out runs/recovered \\
+      --alpha 1 --max-steps 2000
+The data must be tokenized with the teacher's tokenizer. The teacher's top-k at each position is computed
+once per chunk and kept in OUT/teacher_topk (share it between students with --teacher-cache DIR).
+Ctrl-C saves a checkpoint; add --resume to continue. See docs/shrink.md.""")
     verb("merge", "Fold a LoRA adapter into its base: a standalone model directory.", cmd_merge, MergeOptions)
     verb("generate", "Complete prompts with a model directory or a GGUF file.", cmd_generate,
          GenerateOptions, SamplingConfig, epilog="""examples:
@@ -522,6 +577,14 @@ assistant-commands(-scratch), intents-banking77(-scratch). A recipe run again sk
   pocketlm quantize runs/mini --method q4_k_m --out mini-q4_k_m.gguf
   pocketlm quantize runs/mini --max-loss-increase 1% --data notes.txt --out mini-small.gguf
   pocketlm eval mini-q4_k_m.gguf --against runs/mini --data notes.txt    # what it cost
+See docs/shrink.md.""")
+    verb("prune", "Cut layers, MLP channels or hidden channels of a model by their importance on your text; "
+         "then recover with `pocketlm distill`.", cmd_prune, PruneOptions, epilog="""examples:
+  pocketlm prune runs/smol --data notes.txt --layers 20 --out runs/smol-20l
+  pocketlm prune SmolLM2-135M-Instruct.Q4_1.gguf --data data/stories-smol --hidden-size 384 --ffn-size 1024 \\
+      --out runs/smol-half
+  pocketlm distill --teacher SmolLM2-135M-Instruct.Q4_1.gguf --student runs/smol-half \\
+      --data data/stories-smol --out runs/smol-half-recovered --max-time 30m
 See docs/shrink.md.""")
     verb("export", "Export a model to GGUF for llama.cpp and Ollama, or to ONNX for onnxruntime.", cmd_export,
          ExportOptions, epilog="""examples:

@@ -48,6 +48,7 @@ class SftFormat:
     completion_template: str | None = None
     system: str | None = None
     columns: list[str] | None = None
+    answers_optional: bool = False  # a teacher writes the answers: records may end at the prompt
 
 
 def _kind(path: Path) -> str:
@@ -111,6 +112,8 @@ def _messages(record: object, fmt: SftFormat, templates: _Templates) -> list[dic
                 raise BadRecord(f"message {i} content must be a string")
             if m["role"] == "assistant" and not m["content"].strip():
                 raise BadRecord(f"message {i} is an empty assistant answer")
+        if fmt.answers_optional and messages[-1]["role"] != "assistant":
+            messages = [*messages, {"role": "assistant", "content": "-"}]  # the teacher's answer replaces it
         if not any(m["role"] == "assistant" for m in messages):
             raise BadRecord("no assistant message to learn from")
         if messages[-1]["role"] != "assistant":
@@ -119,6 +122,8 @@ def _messages(record: object, fmt: SftFormat, templates: _Templates) -> list[dic
     else:
         prompt = templates.prompt.fill(record) if templates.prompt else record.get(fmt.prompt_field)
         completion = templates.completion.fill(record) if templates.completion else record.get(fmt.completion_field)
+        if fmt.answers_optional and not str(completion or "").strip():
+            completion = "-"  # the teacher's answer replaces it
         if prompt is None or completion is None:
             missing = fmt.prompt_field if prompt is None else fmt.completion_field
             raise BadRecord(f"no field {missing!r} (fields: {', '.join(map(str, record))}); "

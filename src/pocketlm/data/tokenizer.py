@@ -76,11 +76,13 @@ def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a Hugging Face model or tokenizer directory (offline)."""
+    """Load a tokenizer from a Hugging Face model or tokenizer directory, or a GGUF model file (offline)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such tokenizer directory")
     try:
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as e:  # transformers raises many types for a bad directory
         raise UserError(f"{path}: cannot load a tokenizer from it ({type(e).__name__}: {e})") from None

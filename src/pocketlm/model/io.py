@@ -57,6 +57,30 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: 
     return model, tokenizer
 
 
+def gguf_to_hf(path: str | Path, local: str | Path) -> Path:
+    """A GGUF model file as a Hugging Face directory at `local` (dequantized to fp32 by transformers' GGUF loader),
+    made once: an existing conversion is reused."""
+    path, local = Path(path), Path(local)
+    if not path.exists():
+        raise UserError(f"{path}: no such GGUF file")
+    if not (local / "config.json").exists():
+        import sys
+        print(f"converting {path.name} to a Hugging Face directory (dequantized) in {local}", file=sys.stderr)
+        try:
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        except Exception as e:
+            raise UserError(f"{path}: transformers cannot load this GGUF file ({type(e).__name__}: {e})") from None
+        # the weights are dequantized fp32 now: drop the GGUF quantizer so the model saves as safetensors
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        save_model(model, tok, local)
+    return local
+
+
 def is_adapter(model) -> bool:
     return hasattr(model, "peft_config")
 

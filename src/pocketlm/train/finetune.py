@@ -24,7 +24,7 @@ from pocketlm.data.augment import augment
 from pocketlm.data.sft import SftFormat, encode_conversation, load_examples, pack
 from pocketlm.data.tokenizer import load_tokenizer
 from pocketlm.errors import UserError
-from pocketlm.model.io import resolve_model_dir, save_model
+from pocketlm.model.io import gguf_to_hf, resolve_model_dir, save_model
 from pocketlm.retrieval.grounding import ground_conversations, reference_targets
 from pocketlm.train import distributed, session
 from pocketlm.train.loop import BEST_INFO, Task, train
@@ -32,28 +32,12 @@ from pocketlm.train.objectives import labelled_lm_loss, mean_loss
 from pocketlm.train.options import FinetuneConfig
 
 
-def load_base(base: str, run_dir: Path):
-    """(model, tokenizer, base_dir) where base_dir is a local Hugging Face directory of the base."""
+def load_base(base: str, run_dir: Path, local_name: str = "base"):
+    """(model, tokenizer, base_dir) where base_dir is a local Hugging Face directory of the base (a GGUF file or
+    a hub id is kept as RUN/`local_name`)."""
     path = Path(base)
     if path.suffix.lower() == ".gguf":
-        if not path.exists():
-            raise UserError(f"{path}: no such GGUF file")
-        local = run_dir / "base"
-        if not (local / "config.json").exists():
-            print(f"converting {path.name} to a Hugging Face directory (dequantized) in {local}", file=sys.stderr)
-            try:
-                tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-                model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                             dtype=torch.float32)
-            except Exception as e:
-                raise UserError(f"{path}: transformers cannot load this GGUF file ({type(e).__name__}: {e})") from None
-            # the weights are dequantized fp32 now: drop the GGUF quantizer so the model saves as safetensors
-            model.hf_quantizer = None
-            model.is_quantized = False
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            save_model(model, tok, local)
-        path = local
+        path = gguf_to_hf(path, run_dir / local_name)
     if path.exists():
         model_dir = resolve_model_dir(path.resolve())
         if (model_dir / "adapter_config.json").exists():
@@ -68,7 +52,7 @@ def load_base(base: str, run_dir: Path):
         except OSError as e:
             raise UserError(f"{base}: not a local path, and it could not be fetched from the hub ({e}); "
                             "offline, pass a local directory or .gguf file") from None
-        local = run_dir / "base"
+        local = run_dir / local_name
         save_model(model, tok, local)
         return model, tok, local
     raise UserError(f"{base}: no such model directory or file")
@@ -150,18 +134,46 @@ def build_rows(tokenizer, convs, context: int, pad_id: int, seed: int, label: st
     return rows
 
 
+def _taught(cfg: FinetuneConfig, start, convs, val_convs):
+    """Sequence-level distillation: the examples with the teacher's answers (rank 0 asks, the others read)."""
+    from pocketlm.train.teacher import ANSWERS, teacher_answers
+    path = Path(cfg.out) / ANSWERS
+    dist = start.dist
+    if dist.enabled and not dist.main:
+        distributed.barrier()
+    everything = convs + (val_convs or [])
+    taught, figures = teacher_answers(cfg.teacher, everything, path, max_new_tokens=cfg.teacher_max_tokens,
+                                      temperature=cfg.teacher_temperature, seed=cfg.seed,
+                                      progress=cfg.progress and dist.main)
+    if dist.enabled and dist.main:
+        distributed.barrier()
+    if dist.main:
+        empty = f"; {figures['empty']} left out (no answer, or the prompt too long for it)" if figures["empty"] else ""
+        print(f"teacher {cfg.teacher}: answered {figures['asked']} examples, {figures['reused']} read back from "
+              f"{path}{empty}", file=sys.stderr)
+    by_where = dict(taught)
+    convs_t = [(w, by_where[w]) for w, _ in convs if w in by_where]
+    val_t = [(w, by_where[w]) for w, _ in val_convs if w in by_where] if val_convs is not None else None
+    return convs_t, val_t
+
+
 def finetune(cfg: FinetuneConfig) -> dict:
     out_dir = Path(cfg.out)
     if cfg.lr is None:
         cfg = dataclasses.replace(cfg, lr=1e-3 if cfg.lora else 5e-5)
     start = session.begin(cfg, out_dir)
+    if cfg.teacher and cfg.ground_field:
+        raise UserError("--teacher with --ground-field: grounded answers copy the data's own answers; use one of them")
     fmt = SftFormat(cfg.prompt_field, cfg.completion_field, cfg.prompt_template, cfg.completion_template,
-                    cfg.system, cfg.columns)
+                    cfg.system, cfg.columns, answers_optional=bool(cfg.teacher))
     records = load_examples(cfg.data, fmt, strict=cfg.strict)
     convs = [(where, messages) for where, messages, _ in records]
-    if cfg.val_data:
+    val_convs = [(where, messages) for where, messages, _ in load_examples(cfg.val_data, fmt, strict=cfg.strict)] \
+        if cfg.val_data else None
+    if cfg.teacher:
+        convs, val_convs = _taught(cfg, start, convs, val_convs)
+    if val_convs is not None:
         train_convs = convs
-        val_convs = [(where, messages) for where, messages, _ in load_examples(cfg.val_data, fmt, strict=cfg.strict)]
     else:
         train_convs, val_convs = _split(convs, cfg.val_fraction, cfg.seed)
     grounding = None

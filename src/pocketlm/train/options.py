@@ -92,6 +92,11 @@ class FinetuneConfig(LoopConfig):
     ground_copy: float = field(0.5, "with --ground-field: fraction of training examples whose answer is replaced "
                                "by their reference, so the model learns to trust it (0 = own answers only)")
     strict: bool = field(True, "stop at the first bad record (--no-strict skips it with a warning)")
+    teacher: str | None = field(None, "sequence-level distillation: this model (a directory, run or GGUF file, any "
+                                "tokenizer) writes the answer of every example and --base learns those instead of "
+                                "the data's (kept in OUT/teacher_answers.jsonl); examples may then be prompts only")
+    teacher_max_tokens: int = field(256, "with --teacher: longest answer it writes, in its tokens")
+    teacher_temperature: float = field(0.0, "with --teacher: its sampling temperature (0 = greedy)")
     # fine-tuning defaults differ from pretraining
     lr: float | None = field(None, "peak learning rate (default: 1e-3 with --lora, 5e-5 otherwise)")
     batch_size: int = field(8, "sequences per micro-batch")
@@ -99,3 +104,29 @@ class FinetuneConfig(LoopConfig):
     weight_decay: float = field(0.0, "AdamW weight decay")
     eval_interval: int = field(50, "evaluate every N steps (and at the end)")
     save_interval: int = field(200, "checkpoint every N steps (also at the end and on Ctrl-C)")
+
+
+@dataclass(kw_only=True)
+class DistillConfig(LoopConfig):
+    teacher: str = field(help="the model to learn from: a Hugging Face directory, a pocketlm run or a .gguf file")
+    data: str = field(help="prepared data directory, tokenized with the teacher's tokenizer "
+                           "(`pocketlm prepare TEXT --tokenizer TEACHER --out DATA`)")
+    out: str = field(help="run directory: checkpoints, metrics, plots, the teacher cache and the student (OUT/model)")
+    student: str = field("mini-12m", "a model preset (a new model with the teacher's vocabulary; see `pocketlm "
+                         "models`) or a model directory / run to continue, e.g. a pruned teacher")
+    context: int | None = field(None, "sequence length in tokens (default: the student preset's, at most 1024)")
+    loss: str = field("fkl", "divergence from the teacher: fkl = KL(teacher||student), rkl = KL(student||teacher), "
+                      "jsd = Jensen-Shannon", choices=["fkl", "rkl", "jsd"])
+    alpha: float = field(0.5, "weight of the distillation loss; the rest (1 - alpha) is the usual next-token "
+                         "cross-entropy on the data (0 = no teacher: the student is trained alone)")
+    temperature: float = field(1.0, "soften both distributions by this temperature (the loss is scaled by its square)")
+    top_k: int = field(32, "keep the teacher's k most likely tokens (and the rest's total mass) at each position; "
+                       "0 = its whole distribution, computed every step and never cached")
+    teacher_cache: str | None = field(None, "directory for the teacher's top-k, computed once per chunk of the data "
+                                      "and read back on later epochs and by later runs on the same data "
+                                      "(default OUT/teacher_topk; 'none' = compute every time)")
+    cache_only: bool = field(False, "only run the teacher: fill the teacher cache for the chunks a run of this "
+                             "budget (--max-steps or --max-tokens; default one epoch) draws, then stop; students "
+                             "trained later with the same --teacher-cache, seed and batch read it back")
+    inherit_embeddings: bool = field(True, "start a new student's token embeddings from the teacher's: copied when "
+                                     "the widths match, projected onto the student's width by PCA when narrower")

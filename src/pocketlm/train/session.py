@@ -1,4 +1,4 @@
-"""What every training verb (pretrain, finetune, and the coming distill) does around the one loop.
+"""What every training verb (pretrain, finetune, distill) does around the one loop.
 
 Before: check the run directory (a new run must not overwrite an old one; --resume needs a checkpoint),
 join the torchrun process group when there is one, check that the batch splits over its processes, pick
