@@ -50,7 +50,7 @@ def fill_cache(args, data: Path, work: Path, tokens: int) -> dict:
                    "--out", str(work / "cache-fill"), "--teacher-cache", str(work / "cache"), "--cache-only",
                    "--max-tokens", str(tokens), "--batch-size", str(args.batch_size), "--context", str(args.context),
                    "--no-progress")
-    fill = {"tokens": tokens, "seconds": round(time.time() - t0, 1), "said": out.strip()}
+    fill = {"tokens": tokens, "seconds": round(time.time() - t0, 1), "said": out.strip().replace(f"{REPO}/", "")}
     (work / "cache_fill.json").write_text(json.dumps(fill))
     print(f"cache filled in {fill['seconds']:.0f} s: {out.strip()}", flush=True)
     return fill
@@ -97,7 +97,7 @@ def main(argv=None) -> None:
             pocketlm("distill", "--teacher", args.teacher, "--student", args.student, "--data", str(data),
                      "--out", str(out), "--max-time", f"{args.minutes * 60:.0f}", "--batch-size", str(args.batch_size),
                      "--context", str(args.context), "--warmup-steps", "10", "--eval-interval", "100000",
-                     "--eval-batches", "2", "--no-eval-at-start", "--no-progress", *PARTS[part])
+                     "--eval-batches", "2", "--no-eval-at-start", "--no-progress", *flags)
             print(f"{part}: trained in {time.time() - t0:.0f} s", flush=True)
         summary = json.loads((out / "summary.json").read_text())
         ev = held_out(out / "model", data)

@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=15.0, help="recovery time; scratch gets this plus pruning time")
     ap.add_argument("--teacher", default=str(REPO / "runs" / "bench" / "smollm2-135m-hf"))
-    ap.add_argument("--cut", default="--hidden-size 384 --ffn-size 1024", help="the prune flags")
+    ap.add_argument("--cut", default="--hidden-size 378 --ffn-size 1024", help="the prune flags")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--work", default=str(REPO / "runs" / "bench" / "prune"))

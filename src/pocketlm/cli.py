@@ -581,7 +581,7 @@ See docs/shrink.md.""")
     verb("prune", "Cut layers, MLP channels or hidden channels of a model by their importance on your text; "
          "then recover with `pocketlm distill`.", cmd_prune, PruneOptions, epilog="""examples:
   pocketlm prune runs/smol --data notes.txt --layers 20 --out runs/smol-20l
-  pocketlm prune SmolLM2-135M-Instruct.Q4_1.gguf --data data/stories-smol --hidden-size 384 --ffn-size 1024 \\
+  pocketlm prune SmolLM2-135M-Instruct.Q4_1.gguf --data data/stories-smol --hidden-size 378 --ffn-size 1024 \\
       --out runs/smol-half
   pocketlm distill --teacher SmolLM2-135M-Instruct.Q4_1.gguf --student runs/smol-half \\
       --data data/stories-smol --out runs/smol-half-recovered --max-time 30m

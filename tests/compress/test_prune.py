@@ -82,7 +82,8 @@ def test_hidden_size_pruning_keeps_heads_and_loads_everywhere(tiny_run, shop_dat
 def test_bad_prune_arguments_get_one_line_errors(tiny_run, shop_data, tmp_path, capsys):
     base = ["prune", str(tiny_run), "--data", str(shop_data), "--out", str(tmp_path / "x")]
     for extra, message in [([], "say what to cut"), (["--layers", "99"], "--layers 99: the model has only 4"),
-                           (["--hidden-size", "0"], "--hidden-size 0"), (["--ffn-size", "384"], "nothing to cut")]:
+                           (["--hidden-size", "0"], "--hidden-size 0"),
+                           (["--hidden-size", "98"], "multiple of the model's 4 attention heads; give 96 or 100"), (["--ffn-size", "384"], "nothing to cut")]:
         capsys.readouterr()
         assert main(base + extra) == 2
         err = capsys.readouterr().err

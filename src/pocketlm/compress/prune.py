@@ -173,6 +173,11 @@ def prune(model_path: str, out: str, *, data: str, layers: int | None = None, ff
     hidden_size = _target("hidden-size", hidden_size, cfg.hidden_size)
     if layers == cfg.num_hidden_layers and ffn_size == cfg.intermediate_size and hidden_size == cfg.hidden_size:
         raise UserError("nothing to cut: the sizes given are the model's own")
+    heads = cfg.num_attention_heads
+    if hidden_size % heads:
+        below, above = hidden_size // heads * heads, (hidden_size // heads + 1) * heads
+        raise UserError(f"--hidden-size {hidden_size}: transformers needs a multiple of the model's {heads} attention "
+                        f"heads; give {below} or {above}")
     tokens = calibration_tokens(data, tokenizer, max_tokens)
     context = min(context, cfg.max_position_embeddings)
     print(f"measuring importance on {min(len(tokens), max_tokens):,} tokens of {data}", file=sys.stderr)
