@@ -183,7 +183,11 @@ def prune(model_path: str, out: str, *, data: str, layers: int | None = None, ff
     print(f"measuring importance on {min(len(tokens), max_tokens):,} tokens of {data}", file=sys.stderr)
     imp = measure(model, tokens, context)
     state, changes, kept = pruned_state(model, imp, layers, ffn_size, hidden_size)
-    new_cfg = type(cfg).from_dict({**cfg.to_dict(), **changes})
+    try:
+        new_cfg = type(cfg).from_dict({**cfg.to_dict(), **changes})
+    except Exception as e:  # transformers checks an architecture (raised as huggingface_hub's validation error)
+        cause = getattr(e, "__cause__", None) or e
+        raise UserError(f"transformers refuses the pruned shape: {cause}") from None
     if getattr(new_cfg, "layer_types", None) is not None:
         new_cfg.layer_types = [cfg.layer_types[i] for i in kept]
     pruned = AutoModelForCausalLM.from_config(new_cfg, dtype=torch.float32)

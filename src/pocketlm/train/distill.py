@@ -104,11 +104,14 @@ def distill_loss(alpha: float, kind: str, temperature: float):
     def loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(input_ids=batch["input_ids"], use_cache=False).logits
         labels = batch["labels"]
-        ce = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.reshape(-1))
         count = torch.tensor(labels.numel(), device=labels.device)
+        # one log-softmax over the vocabulary serves both terms at temperature 1 (the usual case)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        ce = F.nll_loss(logp.view(-1, logp.size(-1)), labels.reshape(-1))
         if alpha == 0.0:
             return ce, count
-        kd = kd_loss(logits, batch.get("teacher_ids"), batch["teacher_logp"], kind, temperature)
+        kd = kd_loss(logits, batch.get("teacher_ids"), batch["teacher_logp"], kind, temperature,
+                     student_logp=logp if temperature == 1.0 else None)
         return alpha * kd + (1.0 - alpha) * ce, count
 
     return loss

@@ -63,13 +63,16 @@ def teacher_topk(logits: torch.Tensor, k: int, temperature: float = 1.0) -> tupl
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_ids: torch.Tensor | None, teacher_logp: torch.Tensor,
-            kind: str = "fkl", temperature: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+            kind: str = "fkl", temperature: float = 1.0, mask: torch.Tensor | None = None,
+            student_logp: torch.Tensor | None = None) -> torch.Tensor:
     """Mean divergence over the positions (those where `mask` is true), scaled by temperature² (Hinton et al.,
     so that its gradients keep their size as the temperature changes).
 
     With `teacher_ids` (..., k): the teacher's top-k log-probs (..., k) against the student's log-probs at those
-    ids, each with its tail bucket. Without: `teacher_logp` is the teacher's whole distribution."""
-    student_logp = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    ids, each with its tail bucket. Without: `teacher_logp` is the teacher's whole distribution. `student_logp`,
+    when the caller has it already (log_softmax of the logits at this temperature), saves computing it again."""
+    if student_logp is None:
+        student_logp = torch.log_softmax(student_logits.float() / temperature, dim=-1)
     if teacher_ids is not None:
         student_logp = with_tail(student_logp.gather(-1, teacher_ids.long()))
         teacher_logp = with_tail(teacher_logp.float())
