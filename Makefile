@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # the CPU build of PyTorch; override for a GPU machine, e.g. make TORCH_SPEC='torch>=2.4' demo
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,llamacpp,onnx,serve
+EXTRAS ?= dev,llamacpp,onnx,serve,torchao
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint bench clean

@@ -35,6 +35,7 @@ BENCHMARKS = {
                      ["--preset", "nano-1m", "--levels", "1,4", "--tokens", "16", "--repeats", "1", "--name", "quick"]),
     "sampling": ([], ["--repeats", "50", "--name", "quick"]),
     "quantize": ([], ["--models", "small", "--tokens", "1024", "--types", "q8_0,q4_k_m"]),
+    "quantize_torch": ([], ["--models", "small", "--tokens", "512"]),
     "distill": (["--parts", "alone,kd,kd-warm"],
                 ["--parts", "alone,kd", "--minutes", "1", "--work", str(HERE.parent / "runs" / "bench" / "distill-quick")]),
     "serve_load": ([], ["--models", "small", "--requests", "50", "--levels", "1,4", "--rounds", "1",

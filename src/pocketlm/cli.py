@@ -80,8 +80,10 @@ class EvalOptions:
 class QuantizeOptions:
     model: str = field(help="model directory, run directory or GGUF file (f32/f16 is best)", positional=True)
     method: str = field("q4_k_m", "GGUF type: q8_0, q6_k, q5_k_m, q4_k_m (a good default), q3_k_m, q2_k, ... "
-                        "(every type llama.cpp's quantizer writes), or f16/f32", choices=None)
-    out: str = field(help="the GGUF file to write, e.g. model-q4_k_m.gguf")
+                        "(every type llama.cpp's quantizer writes), or f16/f32; or int8 for PyTorch (int8 weights, "
+                        "a model directory transformers loads)",
+                        choices=None)
+    out: str = field(help="the GGUF file to write, e.g. model-q4_k_m.gguf (a directory for int8)")
     data: str | None = field(None, "text (a UTF-8 file, or a prepared data directory) to measure the loss on, "
                              "for --max-loss-increase")
     max_loss_increase: str | None = field(None, "pick the smallest type whose perplexity on --data is within "
@@ -428,6 +430,8 @@ def cmd_quantize(ns):
     info = quantize(opts.model, opts.out, opts.method, data=opts.data, max_loss_increase=budget,
                     max_tokens=opts.max_tokens, threads=opts.threads)
     print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB, {info['method']})")
+    if Path(info["path"]).is_dir():
+        print(f"run it: pocketlm generate {info['path']} (bf16 activations, int8 weights)")
     if info["note"]:
         print(info["note"])
     if info["grounding"]:
@@ -572,9 +576,11 @@ assistant-commands(-scratch), intents-banking77(-scratch). A recipe run again sk
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a recipe parameter (repeatable)")
     verb("compare", "Score several models on the same task, side by side.", cmd_compare, CompareOptions, TaskOptions)
     verb("quantize", "Shrink a model into a quantized GGUF file with llama.cpp's quantizer (K-quants and the "
-         "rest), optionally the smallest type within a loss budget.", cmd_quantize, QuantizeOptions,
+         "rest), optionally the smallest type within a loss budget; or into an int8 model directory for "
+         "PyTorch (torchao).", cmd_quantize, QuantizeOptions,
          epilog="""examples:
   pocketlm quantize runs/mini --method q4_k_m --out mini-q4_k_m.gguf
+  pocketlm quantize runs/mini --method int8 --out runs/mini-int8      # PyTorch: generate, chat, eval, serve
   pocketlm quantize runs/mini --max-loss-increase 1% --data notes.txt --out mini-small.gguf
   pocketlm eval mini-q4_k_m.gguf --against runs/mini --data notes.txt    # what it cost
 See docs/shrink.md.""")

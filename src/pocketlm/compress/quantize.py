@@ -1,4 +1,5 @@
-"""`pocketlm quantize`: a model directory, run or GGUF file in, a smaller GGUF file out.
+"""`pocketlm quantize`: a model directory, run or GGUF file in, a smaller GGUF file out (or, with --method int8, a
+smaller model directory for PyTorch: compress/torch_quant.py).
 
 The quantizer is llama.cpp's own (`llama_model_quantize`, reached through llama-cpp-python), so every type
 llama.cpp runs is available, K-quants included, for models with pocketlm's own tokenizers as well as imported
@@ -116,13 +117,22 @@ def quantize(model: str, out: str, method: str = "q4_k_m", *, data: str | None =
              max_loss_increase: float | None = None, max_tokens: int = 8192, threads: int | None = None,
              say=print) -> dict:
     """Write `out` (a GGUF file); returns its path, size and type, and the candidates measured."""
+    from pocketlm.compress import torch_quant
     from pocketlm.export.gguf import export_gguf
     from pocketlm.fsutil import atomic_path
     from pocketlm.retrieval.grounding import copy_grounding, sidecar
-
     method = method.lower()
+    if method in torch_quant.METHODS:
+        if max_loss_increase is not None:
+            raise UserError("--max-loss-increase chooses among GGUF types; measure an int8 model with "
+                            "pocketlm eval MODEL --against REFERENCE --data TEXT")
+        return torch_quant.quantize_torch(model, out, method, say=say)
+    if method == "int4":
+        raise UserError("int4: for a 4-bit model choose a GGUF type, e.g. --method q4_k_m (llama.cpp runs it on any "
+                        "CPU; torchao has no int4 layout for CPUs); int8 is the PyTorch path")
     if method not in METHODS:
-        raise UserError(f"unknown quantization {method!r}; choose one of: {', '.join(METHODS)}")
+        raise UserError(f"unknown quantization {method!r}; choose one of: "
+                        f"{', '.join((*METHODS, *torch_quant.METHODS))}")
     if max_loss_increase is not None and not data:
         raise UserError("--max-loss-increase needs --data: the text on which the loss is measured")
     if max_loss_increase is not None and max_loss_increase < 0:

@@ -47,9 +47,9 @@ class TorchSide:
         x = torch.from_numpy(ids.astype(np.int64))[None].to(next(self.model.parameters()).device)
         return self.model(input_ids=x).logits[0].float().cpu().numpy()
 
-    def decode_speed(self) -> float:
-        from pocketlm.evaluate.perplexity import decode_speed
-        return decode_speed(self.model, self.tokenizer)
+    def decode_speed(self) -> dict:
+        from pocketlm.evaluate.perplexity import decode_measure
+        return decode_measure(self.model, self.tokenizer)
 
 
 class GGUFSide:
@@ -87,17 +87,22 @@ class GGUFSide:
         self.llm.eval([int(i) for i in ids])
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
 
-    def decode_speed(self, n_tokens: int = 64) -> float:
+    def decode_speed(self, n_tokens: int = 64) -> dict:
+        from pocketlm.evaluate.energy import EnergyMeter, per_token
         from pocketlm.inference.llamacpp import greedy_token_ids, new_gguf
         llm = new_gguf(self.path, n_ctx=n_tokens + 16)  # a plain context: logits for the last position only
         try:
             prompt = llm.tokenize(b"The", add_bos=True)
             greedy_token_ids(llm, prompt, 4, stop_ids=())  # warm-up
-            t0 = time.perf_counter()
-            n = len(greedy_token_ids(llm, prompt, n_tokens, stop_ids=()))
-            return n / max(time.perf_counter() - t0, 1e-9)
+            with EnergyMeter("cpu") as meter:  # llama.cpp's threads are this process's: its CPU time counts
+                t0 = time.perf_counter()
+                n = len(greedy_token_ids(llm, prompt, n_tokens, stop_ids=()))
+                seconds = time.perf_counter() - t0
         finally:
             llm.close()
+        energy = per_token(meter.energy, n)
+        return {"decode_tokens_per_s": round(n / max(seconds, 1e-9), 1),
+                "decode_joules_per_token": energy["joules_per_token"], "energy_source": energy["energy_source"]}
 
 
 def _gguf_field(reader, name: str):
@@ -198,8 +203,9 @@ def evaluate_against(model: str, reference: str, data: str, *, context: int = 51
         "seconds": round(seconds, 1),
     }
     if speed:
-        result["reference"]["decode_tokens_per_s"] = round(ref.decode_speed(), 1)
-        result["model"]["decode_tokens_per_s"] = round(cand.decode_speed(), 1)
+        for side, measured in (("reference", ref.decode_speed()), ("model", cand.decode_speed())):
+            result["energy_source"] = measured.pop("energy_source")
+            result[side].update(measured)
     return result
 
 
@@ -213,6 +219,8 @@ def format_against(r: dict) -> str:
              f"({r['perplexity_change_pct']:+.2f}%)"]
     if "decode_tokens_per_s" in m:
         lines.append(f"{'decode tokens/s':<16}{ref['decode_tokens_per_s']:>22.1f}{m['decode_tokens_per_s']:>22.1f}")
+        lines.append(f"{'J per token':<16}{ref['decode_joules_per_token']:>22.3g}{m['decode_joules_per_token']:>22.3g}"
+                     f"   (decoding; {r['energy_source']})")
     lines += [f"KL divergence   mean {r['kl_mean']:.5f}, median {r['kl_median']:.5f}, 99th percentile "
               f"{r['kl_p99']:.5f}, max {r['kl_max']:.4f} nats/token",
               f"same top token  {r['same_top_token_pct']:.2f}% of {r['tokens']:,} positions ({r['data']})"]

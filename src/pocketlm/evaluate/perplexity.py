@@ -79,12 +79,22 @@ def sequence_loss(model, tokens: np.ndarray, context: int, batch_size: int = 8,
 
 
 def decode_speed(model, tokenizer, n_tokens: int = 64) -> float:
+    return decode_measure(model, tokenizer, n_tokens)["decode_tokens_per_s"]
+
+
+def decode_measure(model, tokenizer, n_tokens: int = 64) -> dict:
+    """Greedy decoding of `n_tokens` after "The": tokens/s and energy per token (evaluate/energy.py)."""
+    from pocketlm.evaluate.energy import EnergyMeter, per_token
     prompt = tokenizer.encode("The", add_special_tokens=True)
     cfg = SamplingConfig(max_new_tokens=n_tokens, temperature=0.0)
     list(generate_ids(model, prompt, SamplingConfig(max_new_tokens=4, temperature=0.0)))  # warm-up
-    t0 = time.perf_counter()
-    n = sum(1 for _ in generate_ids(model, prompt, cfg))
-    return n / max(time.perf_counter() - t0, 1e-9)
+    with EnergyMeter(next(model.parameters()).device.type) as meter:
+        t0 = time.perf_counter()
+        n = sum(1 for _ in generate_ids(model, prompt, cfg))
+        seconds = time.perf_counter() - t0
+    energy = per_token(meter.energy, n)
+    return {"decode_tokens_per_s": round(n / max(seconds, 1e-9), 1),
+            "decode_joules_per_token": energy["joules_per_token"], "energy_source": energy["energy_source"]}
 
 
 def evaluate_model(model, tokenizer, model_path: str | Path, data: str | Path, *, context: int | None = None,
@@ -112,7 +122,7 @@ def evaluate_model(model, tokenizer, model_path: str | Path, data: str | Path, *
         "file_bytes": file_bytes,
         "peak_memory_bytes": int(peak),
         "eval_tokens_per_s": round(count / max(seconds, 1e-9), 1),
-        "decode_tokens_per_s": round(decode_speed(model, tokenizer), 1),
+        **decode_measure(model, tokenizer),
         "context": context,
     }
 
@@ -128,6 +138,8 @@ def format_report(r: dict) -> str:
         f"peak memory  {r['peak_memory_bytes'] / 2**20:.0f} MiB",
         f"speed        {r['eval_tokens_per_s']:,.0f} tokens/s scoring, {r['decode_tokens_per_s']:,.1f} tokens/s decoding",
     ]
+    if "decode_joules_per_token" in r:
+        lines.append(f"energy       {r['decode_joules_per_token']:.3g} J per decoded token ({r['energy_source']})")
     return "\n".join(lines)
 
 

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from pocketlm.inference.fastpath import (
     _ENABLE_GQA,
     _fused_weights,
+    _linear,
+    _matrix,
     _norm,
     take_shape_and_tables,
     unsupported_reason,
@@ -37,8 +39,8 @@ class SlotDecoder:
             raise ValueError(f"batched decoding needs a plain Llama model: {reason}")
         hf_layers = take_shape_and_tables(self, model, max_len)
         self.weights = [(layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon, qkv,
-                         layer.self_attn.o_proj.weight, layer.post_attention_layernorm.weight,
-                         layer.post_attention_layernorm.variance_epsilon, gate_up, layer.mlp.down_proj.weight)
+                         _matrix(layer.self_attn.o_proj.weight), layer.post_attention_layernorm.weight,
+                         layer.post_attention_layernorm.variance_epsilon, gate_up, _matrix(layer.mlp.down_proj.weight))
                         for layer, (qkv, gate_up) in zip(hf_layers, _fused_weights(model, hf_layers), strict=True)]
         self.gqa = {"enable_gqa": True} if self.kv_heads != self.heads and _ENABLE_GQA else {}
         self.slots, self.max_len, self.initial = slots, max_len, min(initial, max_len)
@@ -83,15 +85,15 @@ class SlotDecoder:
         nh, nqk, half = self.heads, self.heads + self.kv_heads, self.head_dim // 2
         for (ln1, eps1, qkv_w, o, ln2, eps2, gate_up, down), kc, vc in zip(self.weights, self.k, self.v,
                                                                             strict=True):
-            qkv = F.linear(_norm(h, ln1, eps1), qkv_w).view(rows, n, -1, self.head_dim)
+            qkv = _linear(_norm(h, ln1, eps1), qkv_w).view(rows, n, -1, self.head_dim)
             qk = qkv[:, :, :nqk]
             qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
             write(kc, qk[:, :, nh:])
             write(vc, qkv[:, :, nqk:])
             att = attend(qk[:, :, :nh].transpose(1, 2), kc, vc)
-            h = h + F.linear(att.transpose(1, 2).reshape(rows, n, -1), o)
-            gate, up = F.linear(_norm(h, ln2, eps2), gate_up).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, down)
+            h = h + _linear(att.transpose(1, 2).reshape(rows, n, -1), o)
+            gate, up = _linear(_norm(h, ln2, eps2), gate_up).chunk(2, dim=-1)
+            h = h + _linear(F.silu(gate) * up, down)
         return F.linear(_norm(h[:, -1], self.norm, self.eps), self.lm_head).float()
 
     @torch.inference_mode()
@@ -170,7 +172,7 @@ class SlotDecoder:
         h = F.embedding(x, self.embed)  # (T, hidden)
         for (ln1, eps1, qkv_w, o, ln2, eps2, gate_up, down), kc, vc in zip(self.weights, self.k, self.v,
                                                                             strict=True):
-            qkv = F.linear(_norm(h, ln1, eps1), qkv_w).view(len(x), -1, hd)
+            qkv = _linear(_norm(h, ln1, eps1), qkv_w).view(len(x), -1, hd)
             qk = qkv[:, :nqk]
             qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
             q, k, v = qk[:, :nh], qk[:, nh:], qkv[:, nqk:]
@@ -193,8 +195,8 @@ class SlotDecoder:
                 parts.append(att[0].transpose(0, 1).reshape(n, -1))
                 at += n
             h = h + F.linear(torch.cat(parts), o)
-            gate, up = F.linear(_norm(h, ln2, eps2), gate_up).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, down)
+            gate, up = _linear(_norm(h, ln2, eps2), gate_up).chunk(2, dim=-1)
+            h = h + _linear(F.silu(gate) * up, down)
         ends = torch.tensor([rows + sum(n for _, n, _ in spans[:i + 1]) - 1 for i in range(len(spans))],
                             dtype=torch.long, device=device)
         last = torch.cat([rows_idx, ends])

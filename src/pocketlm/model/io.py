@@ -41,6 +41,9 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: 
     model_dir = resolve_model_dir(path)
     adapter = model_dir / "adapter_config.json"
     base_dir = Path(json.loads(adapter.read_text())["base_model_name_or_path"]) if adapter.exists() else model_dir
+    if quantization_method(base_dir) is not None:  # int8 from `pocketlm quantize`: kept in the dtype it was made in
+        import_torchao(base_dir)
+        dtype = "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(base_dir), dtype=dtype, local_files_only=True, attn_implementation=attn_implementation)
@@ -55,6 +58,27 @@ def load_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: 
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def import_torchao(model_dir: str | Path | None = None):
+    """torchao (its log noise is kept quiet by pocketlm/__init__.py); one line when it is not installed."""
+    try:
+        import torchao
+    except ImportError:
+        what = f"{model_dir} is quantized with torchao; loading it" if model_dir else "int8 quantization"
+        raise UserError(f"{what} needs torchao: pip install 'torchao>=0.14'") from None
+    return torchao
+
+
+def quantization_method(model_dir: str | Path) -> str | None:
+    """The `quant_method` a model directory's config.json names ("torchao" for `pocketlm quantize --method
+    int8`), or None for a plain model."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    q = cfg.get("quantization_config") if isinstance(cfg, dict) else None
+    return q.get("quant_method", "unknown") if isinstance(q, dict) else None
 
 
 def gguf_to_hf(path: str | Path, local: str | Path) -> Path:
