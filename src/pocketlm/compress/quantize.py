@@ -6,9 +6,10 @@ llama.cpp runs is available, K-quants included, for models with pocketlm's own t
 ones. A model directory is first written as an f32 GGUF (pocketlm's exporter, checked against transformers)
 into a temporary file beside the output, then quantized from it; nothing is rounded twice.
 
-With `--max-loss-increase` and `--data`, the smallest type of a ladder (q3_k_m, q4_k_m, q5_k_m, q6_k, q8_0,
-f16) whose perplexity on the data is within the budget of the f32 file's is kept (measured through llama.cpp,
-evaluate/against.py), and the figures of every type tried are printed.
+With `--max-loss-increase` and `--data`, the smallest file of a ladder (q3_k_m, q4_k_m, q4_1, q5_k_m, q6_k, q8_0,
+f16; all made first, then measured in order of their size, which depends on the model) whose perplexity on the
+data is within the budget of the f32 file's is kept (measured through llama.cpp, evaluate/against.py), and the
+figures of every type tried are printed.
 
 llama.cpp writes a line per tensor to stderr; those are kept from the terminal, and what matters in them
 (tensors that fell back to another type because their width is not a multiple of 256) is said in one line.
@@ -38,7 +39,8 @@ TYPES = {
 }
 EXPORTED = ("f32", "f16")  # written by pocketlm's exporter directly
 METHODS = (*EXPORTED, *TYPES)
-LADDER = ("q3_k_m", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16")  # --max-loss-increase tries these, smallest first
+# --max-loss-increase makes these and measures them smallest file first
+LADDER = ("q3_k_m", "q4_k_m", "q4_1", "q5_k_m", "q6_k", "q8_0", "f16")
 
 
 @contextlib.contextmanager
@@ -178,16 +180,22 @@ def quantize(model: str, out: str, method: str = "q4_k_m", *, data: str | None =
 def _pick(model, src: Path, data: str, budget: float, max_tokens: int, tmpdir: Path, make, tried: list, say):
     """The smallest type of LADDER within `budget` percent of perplexity of the f32 source, on `data`."""
     from pocketlm.evaluate.against import evaluate_against
-    say(f"measuring on {data} (at most {max_tokens:,} tokens) against {Path(model).name} f32:")
-    say(f"  {'type':<8}{'size MB':>10}{'perplexity':>12}{'change':>10}{'KL mean':>10}")
+    made, infos = [], {}
     for kind in LADDER:
         dest = tmpdir / f"{kind}.gguf"
         try:
-            info = make(kind, dest)
+            infos[kind] = make(kind, dest)
+            made.append((dest.stat().st_size, kind, dest))
         except UserError:
             if kind in EXPORTED:  # f16 of a GGUF input: not offered
                 continue
             raise
+    # smallest file first: which type that is depends on the model's widths (rows that are not a multiple of 256
+    # make the K-quants fall back to larger types) and on where its weights came from
+    made.sort()
+    say(f"measuring on {data} (at most {max_tokens:,} tokens) against {Path(model).name} f32, smallest file first:")
+    say(f"  {'type':<8}{'size MB':>10}{'perplexity':>12}{'change':>10}{'KL mean':>10}")
+    for _, kind, dest in made:
         r = evaluate_against(str(dest), str(src), data, max_tokens=max_tokens, speed=False)
         row = {"method": kind, "bytes": dest.stat().st_size, "perplexity": r["model"]["perplexity"],
                "reference_perplexity": r["reference"]["perplexity"],
@@ -198,7 +206,7 @@ def _pick(model, src: Path, data: str, budget: float, max_tokens: int, tmpdir: P
         say(f"  {kind:<8}{row['bytes'] / 1e6:>10.1f}{row['perplexity']:>12.3f}{row['perplexity_change_pct']:>+9.2f}%"
             f"{row['kl_mean']:>10.5f}  {'within' if ok else 'over'} {budget:g}%")
         if ok:
-            return kind, info
+            return kind, infos[kind]
         dest.unlink()
     best = min(tried, key=lambda t: t["perplexity_change_pct"])
     raise UserError(f"no type keeps perplexity within +{budget:g}% on {data} (the closest, {best['method']}, is "
