@@ -93,6 +93,22 @@ class QuantizeOptions:
 
 
 @dataclass(kw_only=True)
+class RightsizeOptions:
+    model: str = field(help="the unquantized model: a model directory or run directory", positional=True)
+    data: str = field(help="held-out text of the kind the model will see (a UTF-8 file or a prepared data "
+                           "directory's val split) to measure every candidate on")
+    out: str = field(help="directory for the recommended model, rightsize.json, rightsize.png and report.html")
+    max_loss_increase: str = field("1", "quality budget: perplexity at most this many percent above the "
+                                   "model's, e.g. 1%% or 3")
+    max_size: float | None = field(None, "size budget in MB (the file or directory of weights)")
+    min_tokens_per_s: float | None = field(None, "speed budget: greedy decode tokens/s on this machine")
+    methods: str | None = field(None, "comma-separated candidates (default: q2_k,q3_k_m,q4_k_m,q4_1,q5_k_m,"
+                                "q6_k,q8_0,f16 and int8 when torchao is installed)")
+    max_tokens: int = field(4096, "score at most this many tokens of --data per candidate")
+    keep_all: bool = field(False, "keep every candidate in OUT/candidates, not only the recommended one")
+
+
+@dataclass(kw_only=True)
 class PruneOptions:
     model: str = field(help="model directory, run directory or GGUF file (Llama, Mistral, Qwen2/3 architectures)",
                        positional=True)
@@ -439,6 +455,31 @@ def cmd_quantize(ns):
     print(f"measure it: pocketlm eval {info['path']} --against {opts.model} --data TEXT")
 
 
+def cmd_rightsize(ns):
+    from pocketlm.compress.rightsize import rightsize
+    opts = from_namespace(RightsizeOptions, ns)
+    try:
+        budget = float(opts.max_loss_increase.strip().rstrip("%"))
+    except ValueError:
+        raise UserError(f"--max-loss-increase {opts.max_loss_increase!r}: give a percentage, e.g. 1%") from None
+    methods = tuple(m.strip() for m in opts.methods.split(",") if m.strip()) if opts.methods else None
+    r = rightsize(opts.model, opts.out, opts.data, max_loss_increase=budget, max_size_mb=opts.max_size,
+                  min_tokens_per_s=opts.min_tokens_per_s, methods=methods, max_tokens=opts.max_tokens,
+                  keep_all=opts.keep_all)
+    ref = r["reference"]
+    if r["recommended"]:
+        best = next(c for c in r["candidates"] if c["method"] == r["recommended"])
+        print(f"recommended: {best['method']}, {best['bytes'] / 1e6:.1f} MB ({ref['bytes'] / best['bytes']:.1f}x "
+              f"smaller than {ref['bytes'] / 1e6:.1f} MB), perplexity {best['perplexity_change_pct']:+.2f}%, "
+              f"{best['decode_tokens_per_s']:.1f} tokens/s -> {r['path']}")
+        print(f"built by: {r['command']}")
+    else:
+        print("no candidate meets the budget; the figures of each are above (raise --max-loss-increase or --max-size)")
+    print(f"Pareto front (size, quality, speed): {', '.join(r['pareto'])}")
+    print(f"report: {Path(opts.out) / 'report.html'}")
+    return 0 if r["recommended"] else 1
+
+
 def cmd_prune(ns):
     from pocketlm.compress.prune import prune
     opts = from_namespace(PruneOptions, ns)
@@ -584,6 +625,12 @@ assistant-commands(-scratch), intents-banking77(-scratch). A recipe run again sk
   pocketlm quantize runs/mini --max-loss-increase 1% --data notes.txt --out mini-small.gguf
   pocketlm eval mini-q4_k_m.gguf --against runs/mini --data notes.txt    # what it cost
 See docs/shrink.md.""")
+    verb("rightsize", "Make every quantized form of a model, measure each on your text (size, quality, speed, "
+         "energy) and recommend the smallest within your budgets, with a Pareto plot.", cmd_rightsize,
+         RightsizeOptions, epilog="""examples:
+  pocketlm rightsize runs/mine --data notes.txt --out runs/mine-sizes
+  pocketlm rightsize runs/mine --data notes.txt --max-loss-increase 3% --max-size 50 --out sizes
+See docs/shrink.md.""")
     verb("prune", "Cut layers, MLP channels or hidden channels of a model by their importance on your text; "
          "then recover with `pocketlm distill`.", cmd_prune, PruneOptions, epilog="""examples:
   pocketlm prune runs/smol --data notes.txt --layers 20 --out runs/smol-20l
@@ -608,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        ns.func(ns)
+        rc = ns.func(ns)  # a verb may return an exit status (rightsize: 1 when nothing meets the budget)
     except UserError as e:
         _print_error(e)
         return 2
@@ -620,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if "pocketlm.train.distributed" in sys.modules:  # a torchrun launch leaves its process group cleanly
             sys.modules["pocketlm.train.distributed"].teardown()
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -93,13 +93,11 @@ class EnergyMeter:
         self._gpu = _nvml_counter() if self.device.startswith("cuda") else None
         self._gpu0 = self._gpu() if self._gpu else None
         self._rapl0 = _rapl_read(self.domains) if self.domains and not self._gpu else None
-        t = os.times()
-        self._cpu0, self._wall0 = t.user + t.system, time.perf_counter()
+        self._cpu0, self._wall0 = time.process_time(), time.perf_counter()  # CPU time of all threads, ns resolution
         return self
 
     def __exit__(self, *exc) -> None:
-        t = os.times()
-        cpu, wall = t.user + t.system - self._cpu0, time.perf_counter() - self._wall0
+        cpu, wall = time.process_time() - self._cpu0, time.perf_counter() - self._wall0
         if self._gpu is not None:
             self.energy = Energy(self._gpu() - self._gpu0, wall, "NVML")
             return
