@@ -106,6 +106,10 @@ class RightsizeOptions:
                                 "q6_k,q8_0,f16 and int8 when torchao is installed)")
     max_tokens: int = field(4096, "score at most this many tokens of --data per candidate")
     keep_all: bool = field(False, "keep every candidate in OUT/candidates, not only the recommended one")
+    task_data: str | None = field(None, "with --task: held-out task examples every candidate is scored on "
+                                  "(the fields as for pocketlm eval --task)")
+    max_metric_drop: float = field(2.0, "with --task: the task's main metric may be at most this many points "
+                                   "below the model's (accuracy, F1, ROUGE-L as 0-100; chrF)")
 
 
 @dataclass(kw_only=True)
@@ -393,7 +397,11 @@ def cmd_eval(ns):
                                   max_tokens=opts.max_tokens or 16384, device=resolve_device(opts.device))
         print_against(report, opts.json)
         return
-    model, tokenizer = load_model(opts.model, device=resolve_device(opts.device))
+    from pocketlm.inference.llamacpp import is_gguf
+    if task_opts.task and is_gguf(opts.model):  # scored through llama.cpp
+        model, tokenizer = None, None
+    else:
+        model, tokenizer = load_model(opts.model, device=resolve_device(opts.device))
     if task_opts.task:
         from pocketlm.evaluate.tasks import default_save_path, evaluate_task, format_results, save_results
         result = evaluate_task(model, tokenizer, opts.model, opts.data, task_opts)
@@ -458,6 +466,7 @@ def cmd_quantize(ns):
 def cmd_rightsize(ns):
     from pocketlm.compress.rightsize import rightsize
     opts = from_namespace(RightsizeOptions, ns)
+    task_opts = from_namespace(TaskOptions, ns)
     try:
         budget = float(opts.max_loss_increase.strip().rstrip("%"))
     except ValueError:
@@ -465,13 +474,16 @@ def cmd_rightsize(ns):
     methods = tuple(m.strip() for m in opts.methods.split(",") if m.strip()) if opts.methods else None
     r = rightsize(opts.model, opts.out, opts.data, max_loss_increase=budget, max_size_mb=opts.max_size,
                   min_tokens_per_s=opts.min_tokens_per_s, methods=methods, max_tokens=opts.max_tokens,
-                  keep_all=opts.keep_all)
+                  keep_all=opts.keep_all, task_opts=task_opts if task_opts.task else None, task_data=opts.task_data,
+                  max_metric_drop=opts.max_metric_drop)
     ref = r["reference"]
     if r["recommended"]:
         best = next(c for c in r["candidates"] if c["method"] == r["recommended"])
         print(f"recommended: {best['method']}, {best['bytes'] / 1e6:.1f} MB ({ref['bytes'] / best['bytes']:.1f}x "
               f"smaller than {ref['bytes'] / 1e6:.1f} MB), perplexity {best['perplexity_change_pct']:+.2f}%, "
-              f"{best['decode_tokens_per_s']:.1f} tokens/s -> {r['path']}")
+              f"{best['decode_tokens_per_s']:.1f} tokens/s"
+              + (f", {r['budget']['task_metric']} {best['task_metric']:.2f} (the model: {ref['task_metric']:.2f})"
+                 if r["budget"]["task"] else "") + f" -> {r['path']}")
         print(f"built by: {r['command']}")
     else:
         print("no candidate meets the budget; the figures of each are above (raise --max-loss-increase or --max-size)")
@@ -627,8 +639,9 @@ assistant-commands(-scratch), intents-banking77(-scratch). A recipe run again sk
 See docs/shrink.md.""")
     verb("rightsize", "Make every quantized form of a model, measure each on your text (size, quality, speed, "
          "energy) and recommend the smallest within your budgets, with a Pareto plot.", cmd_rightsize,
-         RightsizeOptions, epilog="""examples:
+         RightsizeOptions, TaskOptions, epilog="""examples:
   pocketlm rightsize runs/mine --data notes.txt --out runs/mine-sizes
+  pocketlm rightsize runs/bot --data notes.txt --task facts --task-data heldout.jsonl --out runs/bot-sizes
   pocketlm rightsize runs/mine --data notes.txt --max-loss-increase 3% --max-size 50 --out sizes
 See docs/shrink.md.""")
     verb("prune", "Cut layers, MLP channels or hidden channels of a model by their importance on your text; "

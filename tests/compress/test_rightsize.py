@@ -56,3 +56,26 @@ def test_rightsize_says_when_nothing_meets_the_budget_and_refuses_gguf(tiny_run,
     gguf.write_bytes(b"GGUF") if not gguf.exists() else None
     assert main(["rightsize", str(gguf), "--data", str(shop_data), "--out", str(tmp_path / "g")]) == 2
     assert "unquantized model" in capsys.readouterr().err
+
+
+def test_rightsize_with_a_task_budget(tiny_run, shop_data, tmp_path, capsys):
+    """Every candidate also scored on held-out task examples (GGUF through llama.cpp), the drop in points judged."""
+    from pathlib import Path
+
+    from pocketlm.train.finetune import FinetuneConfig, finetune
+    shop = Path(__file__).resolve().parents[2] / "examples" / "shop"
+    bot = tmp_path / "bot"
+    finetune(FinetuneConfig(base=str(tiny_run), data=[str(shop / "faq.jsonl")], out=str(bot), max_steps=20,
+                            prompt_field="question", completion_field="answer", lr=2e-3, context=192,
+                            eval_interval=20, progress=False, dtype="fp32"))
+    out = tmp_path / "sizes"
+    rc = main(["rightsize", str(bot), "--data", str(shop_data), "--out", str(out), "--max-tokens", "512",
+               "--methods", "q2_k,q8_0", "--max-loss-increase", "1000", "--task", "facts", "--task-data",
+               str(shop / "faq_heldout.jsonl"), "--prompt-field", "question", "--completion-field", "answer",
+               "--limit", "6", "--max-new-tokens", "16", "--max-metric-drop", "-1000"])
+    r = json.loads((out / "rightsize.json").read_text())
+    assert r["budget"]["task_metric"] == "fact_accuracy" and 0 <= r["reference"]["task_metric"] <= 100
+    for c in r["candidates"]:
+        assert c["task_drop"] == pytest.approx(r["reference"]["task_metric"] - c["task_metric"])
+        assert any("points below" in m for m in c["misses"])  # no candidate can lose -1000 points
+    assert rc == 1 and r["recommended"] is None and "task" in (out / "report.html").read_text()

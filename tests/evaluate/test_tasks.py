@@ -88,3 +88,35 @@ def test_commands_take_a_schema_file(faq_bot, tmp_path):
     schema.write_text("{oops")
     with pytest.raises(UserError, match="schema.json:1: not valid JSON"):
         evaluate_task(model, tok, str(faq_bot), str(data), opts, progress=False)
+
+
+@pytest.fixture(scope="module")
+def faq_bot_gguf(faq_bot, tmp_path_factory) -> Path:
+    pytest.importorskip("llama_cpp")
+    from pocketlm.export.gguf import export_gguf
+    out = tmp_path_factory.mktemp("faq-bot-gguf") / "bot-f32.gguf"
+    export_gguf(str(faq_bot), out, quant="f32")
+    return out
+
+
+def test_a_gguf_file_is_scored_through_llama_cpp_like_its_model(faq_bot, faq_bot_gguf):
+    """The f32 export answers what the PyTorch model answers (greedy, same chat template), so the scores match."""
+    opts = TaskOptions(task="facts", prompt_field="question", completion_field="answer", limit=8, max_new_tokens=24)
+    model, tok = load_model(faq_bot)
+    want = evaluate_task(model, tok, str(faq_bot), str(SHOP / "faq_heldout.jsonl"), opts, progress=False)
+    got = evaluate_task(None, None, str(faq_bot_gguf), str(SHOP / "faq_heldout.jsonl"), opts, progress=False)
+    same = sum(a["got"] == b["got"] for a, b in zip(want["examples"], got["examples"], strict=True))
+    assert same >= 7, (want["examples"], got["examples"])  # one greedy tie may break the other way in f32
+    assert got["examples_scored"] == 8 and set(got["metrics"]) == {"fact_accuracy", "token_f1"}
+
+
+def test_gguf_classification_is_constrained_to_labels_by_a_grammar(faq_bot_gguf, tmp_path, capsys):
+    from pocketlm.cli import main
+    data = tmp_path / "intents.csv"
+    data.write_text("text,label\nwhere is my parcel,shipping\ncan I send it back,returns\nwhen do you open,hours\n")
+    assert main(["eval", str(faq_bot_gguf), "--task", "classification", "--data", str(data), "--prompt-field",
+                 "text", "--completion-field", "label", "--max-new-tokens", "16", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert all(row["got"] in {"shipping", "returns", "hours"} for row in r["examples"]) and r["constrained"]
+    assert main(["eval", str(faq_bot_gguf), "--task", "commands", "--copy-slots", "--data", str(data)]) == 2
+    assert "need a PyTorch model" in capsys.readouterr().err

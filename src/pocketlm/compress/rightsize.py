@@ -4,8 +4,10 @@ Every candidate (the GGUF types of llama.cpp's quantizer, and int8 for PyTorch w
 made from MODEL by `pocketlm quantize` and measured against MODEL on the same held-out tokens by
 `evaluate/against.py`: file size, perplexity change, KL divergence, same top token, greedy decode tokens/s and
 energy per token, each on the runtime that will run it (llama.cpp for GGUF, pocketlm's decode loop for int8).
-The recommendation is the smallest file that meets every budget given (`--max-loss-increase`, default 1%;
-`--max-size`; `--min-tokens-per-s`); the Pareto front is the candidates that no other beats on size, quality
+With `--task` and `--task-data`, each candidate is also scored on held-out task examples (`pocketlm eval
+--task`, GGUF files through llama.cpp) and its main metric compared with MODEL's. The recommendation is the
+smallest file that meets every budget given (`--max-loss-increase`, default 1%; `--max-size`;
+`--min-tokens-per-s`; `--max-metric-drop`, default 2 points, with a task); the Pareto front is the candidates that no other beats on size, quality
 and speed at once. Written to DIR: the recommended model (the others are deleted unless `--keep-all`),
 `rightsize.json`, `rightsize.png` (quality against size, speed as colour, the front drawn) and `report.html`
 (the plot and table in one self-contained page), with the command that builds the recommended model again.
@@ -59,9 +61,29 @@ def pareto(rows: list[dict]) -> list[str]:
     return [r["method"] for r in rows if not any(beats(o, r) for o in rows if o is not r)]
 
 
+# the metric a task budget is on (evaluate/metrics.py), and whether it is a 0-1 rate (shown as points x 100)
+PRIMARY = {"qa": ("token_f1", True), "summarization": ("rouge_l", True), "translation": ("chrf", False),
+           "classification": ("accuracy", True), "commands": ("intent_accuracy", True),
+           "facts": ("fact_accuracy", True)}
+
+
+def task_points(task_opts, task_data: str, path: str) -> float:
+    """The task's main metric for the model at `path` (a GGUF file through llama.cpp, or a directory), in points."""
+    from pocketlm.evaluate.tasks import evaluate_task
+    from pocketlm.inference.llamacpp import is_gguf
+    from pocketlm.model.io import load_model
+    model, tokenizer = (None, None) if is_gguf(path) else load_model(path)
+    r = evaluate_task(model, tokenizer, path, task_data, task_opts, progress=False)
+    name, rate = PRIMARY[task_opts.task]
+    return round(r["metrics"][name] * (100 if rate else 1), 2)
+
+
 def _meets(row: dict, budget: dict) -> list[str]:
     """Why `row` misses the budget (empty when it meets it)."""
     why = []
+    if row.get("task_drop") is not None and row["task_drop"] > budget["max_metric_drop"]:
+        why.append(f"{budget['task_metric']} {row['task_drop']:.1f} points below the model's "
+                   f"> {budget['max_metric_drop']:g}")
     if row["perplexity_change_pct"] > budget["max_loss_increase"]:
         why.append(f"perplexity {row['perplexity_change_pct']:+.2f}% > {budget['max_loss_increase']:g}%")
     if budget.get("max_bytes") and row["bytes"] > budget["max_bytes"]:
@@ -110,7 +132,7 @@ def plot(result: dict):
 def _html(result: dict, png: bytes) -> str:
     e = html.escape
     head = ("<tr><th>method</th><th>MB</th><th>perplexity</th><th>change</th><th>KL mean</th><th>same top</th>"
-            "<th>tokens/s</th><th>J/token</th><th>runs on</th><th>verdict</th></tr>")
+            "<th>tokens/s</th><th>J/token</th><th>task</th><th>runs on</th><th>verdict</th></tr>")
     body = []
     for r in result["candidates"]:
         verdict = "recommended" if r["method"] == result["recommended"] else ("meets the budget" if not r["misses"]
@@ -118,8 +140,14 @@ def _html(result: dict, png: bytes) -> str:
         body.append(f"<tr><td>{e(r['method'])}</td><td>{r['bytes'] / 1e6:.1f}</td><td>{r['perplexity']:.3f}</td>"
                     f"<td>{r['perplexity_change_pct']:+.2f}%</td><td>{r['kl_mean']:.5f}</td>"
                     f"<td>{r['same_top_token_pct']:.2f}%</td><td>{r['decode_tokens_per_s']:.1f}</td>"
-                    f"<td>{r['decode_joules_per_token']:.3g}</td><td>{e(r['runs_on'])}</td><td>{e(verdict)}</td></tr>")
+                    f"<td>{r['decode_joules_per_token']:.3g}</td>"
+                    f"<td>{'-' if r.get('task_metric') is None else format(r['task_metric'], '.2f')}</td>"
+                    f"<td>{e(r['runs_on'])}</td><td>{e(verdict)}</td></tr>")
     ref = result["reference"]
+    b = result["budget"]
+    task_line = (f"Task: {e(b['task'])} on {e(str(result.get('task_data')))}, {e(b['task_metric'])} "
+                 f"{ref.get('task_metric')} for the model itself, at most {b['max_metric_drop']:g} points lost."
+                 if b.get("task") else "")
     rec = (f"<p><b>Recommended: {e(result['recommended'])}</b> — <code>{e(result['command'])}</code></p>"
            if result["recommended"] else "<p><b>No candidate meets the budget.</b></p>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>pocketlm rightsize</title>
@@ -128,6 +156,7 @@ td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}}td:first-chi
 </head><body><h1>Which size to ship</h1>
 <p>Reference {e(ref['path'])}: {ref['bytes'] / 1e6:.1f} MB, perplexity {ref['perplexity']:.3f},
 {ref['decode_tokens_per_s']:.1f} tokens/s ({e(ref['runs_on'])}); {result['tokens']:,} tokens of {e(result['data'])}.
+{task_line}
 Energy: {e(result['energy_source'])}.</p>{rec}
 <img alt="perplexity change against size" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <table>{head}{''.join(body)}</table></body></html>
@@ -136,7 +165,8 @@ Energy: {e(result['energy_source'])}.</p>{rec}
 
 def rightsize(model: str, out: str, data: str, *, max_loss_increase: float = 1.0, max_size_mb: float | None = None,
               min_tokens_per_s: float | None = None, methods: tuple[str, ...] | None = None, max_tokens: int = 4096,
-              keep_all: bool = False, say=print) -> dict:
+              keep_all: bool = False, task_opts=None, task_data: str | None = None, max_metric_drop: float = 2.0,
+              say=print) -> dict:
     from pocketlm.compress.quantize import quantize
     from pocketlm.evaluate.against import evaluate_against
     from pocketlm.fsutil import atomic_path
@@ -162,11 +192,23 @@ def rightsize(model: str, out: str, data: str, *, max_loss_increase: float = 1.0
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "source.json").write_text(json.dumps(stamp), encoding="utf-8")
+    task = task_opts.task if task_opts is not None else None
+    if task and not task_data:
+        raise UserError("--task needs --task-data: the held-out examples every candidate is scored on")
+    if task and task not in PRIMARY:
+        raise UserError(f"--task {task!r}: rightsize scores {', '.join(PRIMARY)}")
     budget = {"max_loss_increase": max_loss_increase,
-              "max_bytes": int(max_size_mb * 1e6) if max_size_mb else None, "min_tokens_per_s": min_tokens_per_s}
+              "max_bytes": int(max_size_mb * 1e6) if max_size_mb else None, "min_tokens_per_s": min_tokens_per_s,
+              "task": task, "task_metric": PRIMARY[task][0] if task else None,
+              "max_metric_drop": max_metric_drop if task else None}
+    model_points = None
+    if task:
+        model_points = task_points(task_opts, task_data, str(model_dir))
+        say(f"{task} on {task_data}: {budget['task_metric']} {model_points:.2f} for {model} itself")
     rows, reference, tokens, energy_source = [], None, 0, ""
     say(f"measuring {len(methods)} candidates on {data} (at most {max_tokens:,} tokens) against {model}:")
-    say(f"  {'method':<8}{'MB':>9}{'ppl':>10}{'change':>9}{'KL mean':>10}{'tok/s':>9}{'J/token':>10}")
+    say(f"  {'method':<8}{'MB':>9}{'ppl':>10}{'change':>9}{'KL mean':>10}{'tok/s':>9}{'J/token':>10}"
+        + (f"{'task':>8}" if task else ""))
     for method in methods:
         path = _target(work, name, method)
         if not path.exists():  # a rerun reuses what an interrupted run (or --keep-all) made from the same model
@@ -177,16 +219,23 @@ def rightsize(model: str, out: str, data: str, *, max_loss_increase: float = 1.0
         row = {"method": method, "path": str(path), "bytes": m["bytes"], "perplexity": m["perplexity"],
                "perplexity_change_pct": r["perplexity_change_pct"], "kl_mean": r["kl_mean"],
                "same_top_token_pct": r["same_top_token_pct"], "decode_tokens_per_s": m["decode_tokens_per_s"],
-               "decode_joules_per_token": m["decode_joules_per_token"], "runs_on": m["runs_on"]}
+               "decode_joules_per_token": m["decode_joules_per_token"], "runs_on": m["runs_on"],
+               "task_metric": None, "task_drop": None}
+        if task:
+            row["task_metric"] = task_points(task_opts, task_data, str(path))
+            row["task_drop"] = round(model_points - row["task_metric"], 2)
         row["misses"] = _meets(row, budget)
         rows.append(row)
         say(f"  {method:<8}{row['bytes'] / 1e6:>9.1f}{row['perplexity']:>10.3f}{row['perplexity_change_pct']:>+8.2f}%"
             f"{row['kl_mean']:>10.5f}{row['decode_tokens_per_s']:>9.1f}{row['decode_joules_per_token']:>10.3g}"
-            f"  {'meets the budget' if not row['misses'] else 'misses: ' + '; '.join(row['misses'])}")
+            + (f"{row['task_metric']:>8.2f}" if task else "")
+            + f"  {'meets the budget' if not row['misses'] else 'misses: ' + '; '.join(row['misses'])}")
     rows.sort(key=lambda r: r["bytes"])
     meeting = [r for r in rows if not r["misses"]]
     best = meeting[0] if meeting else None
-    result = {"model": str(model), "reference": reference, "data": str(data), "tokens": tokens, "budget": budget,
+    if reference is not None and task:
+        reference["task_metric"] = model_points
+    result = {"model": str(model), "reference": reference, "data": str(data), "task_data": task_data, "tokens": tokens, "budget": budget,
               "energy_source": energy_source, "candidates": rows, "pareto": pareto(rows),
               "recommended": best["method"] if best else None, "command": None, "path": None}
     if best:

@@ -79,26 +79,17 @@ def _group_references(examples: list) -> tuple[list, list]:
 
 def evaluate_task(model, tokenizer, model_path: str, data: list[str] | str, opts: TaskOptions,
                   progress: bool = True) -> dict:
+    """Score `model` (a PyTorch model with its tokenizer; or None and None for a GGUF file at `model_path`, run by
+    llama.cpp with the chat template stored in the file) on the task's examples."""
     task = opts.task
     if task not in metrics.TASKS:
         raise UserError(f"--task {task!r}: choose one of {', '.join(metrics.TASKS)}")
+    if model is None:
+        return _evaluate_gguf(model_path, data, opts, progress)
     if not tokenizer.chat_template:
         raise UserError(f"{model_path}: the tokenizer has no chat template; fine-tune the model first")
     paths = [data] if isinstance(data, str) else list(data)
-    fmt = SftFormat(opts.prompt_field, opts.completion_field, opts.prompt_template, opts.completion_template,
-                    opts.system, opts.columns)
-    examples = load_examples(paths, fmt)
-    if task == "translation":  # one source sentence, several accepted translations: score it once against all
-        examples, refs = _group_references(examples)
-        examples, refs = examples[: opts.limit or None], refs[: opts.limit or None]
-    else:
-        examples = examples[: opts.limit or None]
-        refs = [messages[-1]["content"] for _, messages, _ in examples]
-    if task == "facts":
-        missing = [w for w, _, rec in examples if not isinstance(rec, dict) or opts.key_field not in rec]
-        if missing:
-            raise UserError(f"{missing[0]}: no field {opts.key_field!r} (the string a correct answer must contain)")
-        keys = [str(rec[opts.key_field]) for _, _, rec in examples]
+    examples, refs, keys = _examples(paths, opts)
     stops = stop_token_ids(tokenizer)
     stop_id = stops[-1] if stops else tokenizer.eos_token_id
     constraint = None
@@ -132,6 +123,67 @@ def evaluate_task(model, tokenizer, model_path: str, data: list[str] | str, opts
         inputs.append(messages[-2]["content"] if len(messages) > 1 else "")
         preds.append(text)
     seconds = time.perf_counter() - t0
+    return _result(task, paths, model_path, examples, refs, keys, inputs, preds, n_tokens, seconds, opts,
+                   constrained=constraint is not None, grounded=grounding is not None)
+
+
+def _examples(paths: list[str], opts: TaskOptions) -> tuple[list, list, list | None]:
+    """(examples, expected outputs, fact keys or None) of the task's files, --limit applied."""
+    fmt = SftFormat(opts.prompt_field, opts.completion_field, opts.prompt_template, opts.completion_template,
+                    opts.system, opts.columns)
+    examples = load_examples(paths, fmt)
+    if opts.task == "translation":  # one source sentence, several accepted translations: score it once against all
+        examples, refs = _group_references(examples)
+        examples, refs = examples[: opts.limit or None], refs[: opts.limit or None]
+    else:
+        examples = examples[: opts.limit or None]
+        refs = [messages[-1]["content"] for _, messages, _ in examples]
+    keys = None
+    if opts.task == "facts":
+        missing = [w for w, _, rec in examples if not isinstance(rec, dict) or opts.key_field not in rec]
+        if missing:
+            raise UserError(f"{missing[0]}: no field {opts.key_field!r} (the string a correct answer must contain)")
+        keys = [str(rec[opts.key_field]) for _, _, rec in examples]
+    return examples, refs, keys
+
+
+def _evaluate_gguf(path: str, data: list[str] | str, opts: TaskOptions, progress: bool) -> dict:
+    """The task through llama.cpp: greedy, the file's chat template; classification constrained to the labels and
+    commands to a JSON object by llama.cpp grammars (intents, slot names and copied slots are not enforced)."""
+    from pocketlm.inference.backends import GGUFBackend
+    from pocketlm.inference.llamacpp import choice_grammar
+    task, paths = opts.task, ([data] if isinstance(data, str) else list(data))
+    if opts.copy_slots or opts.schema:
+        raise UserError("--copy-slots and --schema need a PyTorch model (a model or run directory); "
+                        "a GGUF file is scored with any JSON object allowed")
+    examples, refs, keys = _examples(paths, opts)
+    backend = GGUFBackend(path, Path(path).name)
+    grammar = None
+    if opts.constrain and task == "classification":
+        grammar = choice_grammar(_read_labels(opts.labels, refs))
+    elif opts.constrain and task == "commands":
+        grammar = backend.json_constraint(None)
+    grounding = find_grounding(path) if opts.ground else None
+    cfg = SamplingConfig(max_new_tokens=opts.max_new_tokens, temperature=0)
+    inputs, preds, n_tokens = [], [], 0
+    t0 = time.perf_counter()
+    for _, messages, _ in tqdm(examples, desc=f"{task}", disable=not progress, file=sys.stderr, leave=False):
+        shown = grounding.ground(messages[:-1]) if grounding is not None else messages[:-1]
+        prompt, _ = backend.chat_prompt(shown)
+        stats: dict = {}
+        text = "".join(backend.stream(prompt, cfg, stats, constraint=grammar)).strip()
+        n_tokens += stats["tokens"]
+        if task == "commands" and opts.constrain:
+            text = JSONConstraint.finish(text)
+        inputs.append(messages[-2]["content"] if len(messages) > 1 else "")
+        preds.append(text)
+    seconds = time.perf_counter() - t0
+    return _result(task, paths, path, examples, refs, keys, inputs, preds, n_tokens, seconds, opts,
+                   constrained=grammar is not None, grounded=grounding is not None)
+
+
+def _result(task, paths, model_path, examples, refs, keys, inputs, preds, n_tokens, seconds, opts, *,
+            constrained: bool, grounded: bool) -> dict:
     gold = keys if task == "facts" else refs
     extra = {"answers": refs} if task == "facts" else {}
     scores = metrics.score(task, preds, gold, **extra)
@@ -145,8 +197,8 @@ def evaluate_task(model, tokenizer, model_path: str, data: list[str] | str, opts
         "worst": metrics.worst_examples(inputs, preds, gold, per, k=opts.worst),
         "speed": {"seconds": round(seconds, 2), "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
                   "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)},
-        "constrained": constraint is not None,
-        "grounded": grounding is not None,
+        "constrained": constrained,
+        "grounded": grounded,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 

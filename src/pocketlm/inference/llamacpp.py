@@ -10,6 +10,7 @@ llama.cpp's repetition penalty looks at the last 64 tokens, transformers' at the
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -91,6 +92,16 @@ def json_grammar(schema_json: str | None):
         return LlamaGrammar.from_json_schema(schema_json, verbose=False)
     except (ValueError, RuntimeError) as e:
         raise UserError(f"llama.cpp cannot turn this JSON schema into a grammar: {e}") from None
+
+
+def choice_grammar(options: list[str]):
+    """A llama.cpp grammar whose only sentences are `options` (a classifier's labels)."""
+    import_llama_cpp()
+    from llama_cpp.llama_grammar import LlamaGrammar
+    if not options:
+        raise UserError("no labels to constrain the answer to")
+    alternatives = " | ".join(json.dumps(o) for o in options)  # GBNF string literals escape as JSON strings do
+    return LlamaGrammar.from_string(f"root ::= {alternatives}", verbose=False)
 
 
 def default_threads() -> int:
