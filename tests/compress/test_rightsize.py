@@ -56,6 +56,9 @@ def test_rightsize_says_when_nothing_meets_the_budget_and_refuses_gguf(tiny_run,
     gguf.write_bytes(b"GGUF") if not gguf.exists() else None
     assert main(["rightsize", str(gguf), "--data", str(shop_data), "--out", str(tmp_path / "g")]) == 2
     assert "unquantized model" in capsys.readouterr().err
+    assert main(["rightsize", str(tiny_run), "--data", str(shop_data), "--out", str(tmp_path / "m"),
+                 "--methods", "q4_k_m,q9_z"]) == 2  # refused before anything is made
+    assert "unknown q9_z" in capsys.readouterr().err and not (tmp_path / "m" / "candidates").exists()
 
 
 def test_rightsize_with_a_task_budget(tiny_run, shop_data, tmp_path, capsys):

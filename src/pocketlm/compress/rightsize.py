@@ -183,6 +183,17 @@ def rightsize(model: str, out: str, data: str, *, max_loss_increase: float = 1.0
     if max_loss_increase < 0:
         raise UserError("--max-loss-increase must be 0 or more (a percentage of perplexity)")
     methods = tuple(m.lower() for m in (methods or default_methods()))
+    from pocketlm.compress import quantize as q
+    from pocketlm.compress import torch_quant
+    known = (*q.METHODS, *torch_quant.METHODS)
+    unknown = [m for m in methods if m not in known]
+    if unknown or not methods:
+        raise UserError(f"--methods: unknown {', '.join(unknown) or '(none given)'}; choose among {', '.join(known)}")
+    task = task_opts.task if task_opts is not None else None
+    if task and not task_data:
+        raise UserError("--task needs --task-data: the held-out examples every candidate is scored on")
+    if task and task not in PRIMARY:
+        raise UserError(f"--task {task!r}: rightsize scores {', '.join(PRIMARY)}")
     name = Path(model).resolve().name if Path(model).resolve().name != "model" else Path(model).resolve().parent.name
     out_dir = Path(out)
     work = out_dir / "candidates"
@@ -192,11 +203,6 @@ def rightsize(model: str, out: str, data: str, *, max_loss_increase: float = 1.0
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "source.json").write_text(json.dumps(stamp), encoding="utf-8")
-    task = task_opts.task if task_opts is not None else None
-    if task and not task_data:
-        raise UserError("--task needs --task-data: the held-out examples every candidate is scored on")
-    if task and task not in PRIMARY:
-        raise UserError(f"--task {task!r}: rightsize scores {', '.join(PRIMARY)}")
     budget = {"max_loss_increase": max_loss_increase,
               "max_bytes": int(max_size_mb * 1e6) if max_size_mb else None, "min_tokens_per_s": min_tokens_per_s,
               "task": task, "task_metric": PRIMARY[task][0] if task else None,
