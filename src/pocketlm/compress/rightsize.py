@@ -194,6 +194,9 @@ def rightsize(model: str, out: str, data: str, *, max_loss_increase: float = 1.0
         raise UserError("--task needs --task-data: the held-out examples every candidate is scored on")
     if task and task not in PRIMARY:
         raise UserError(f"--task {task!r}: rightsize scores {', '.join(PRIMARY)}")
+    for what, path in (("--data", data), ("--task-data", task_data)):
+        if path and not Path(path).exists():
+            raise UserError(f"{what} {path}: no such file or directory")
     name = Path(model).resolve().name if Path(model).resolve().name != "model" else Path(model).resolve().parent.name
     out_dir = Path(out)
     work = out_dir / "candidates"
