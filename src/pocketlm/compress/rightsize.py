@@ -50,12 +50,13 @@ def _read_json(path: Path):
         return None
 
 
-def pareto(rows: list[dict]) -> list[str]:
-    """Methods no other row beats on all of size (smaller), perplexity change (lower) and tokens/s (higher)."""
+def pareto(rows: list[dict], quality: str = "perplexity_change_pct") -> list[str]:
+    """Methods no other row beats on all of size (smaller), `quality` (lower: the perplexity change, or the task
+    metric's drop) and tokens/s (higher)."""
     def beats(a, b):
-        ge = (a["bytes"] <= b["bytes"] and a["perplexity_change_pct"] <= b["perplexity_change_pct"]
+        ge = (a["bytes"] <= b["bytes"] and a[quality] <= b[quality]
               and a["decode_tokens_per_s"] >= b["decode_tokens_per_s"])
-        gt = (a["bytes"] < b["bytes"] or a["perplexity_change_pct"] < b["perplexity_change_pct"]
+        gt = (a["bytes"] < b["bytes"] or a[quality] < b[quality]
               or a["decode_tokens_per_s"] > b["decode_tokens_per_s"])
         return ge and gt
     return [r["method"] for r in rows if not any(beats(o, r) for o in rows if o is not r)]
@@ -94,35 +95,41 @@ def _meets(row: dict, budget: dict) -> list[str]:
 
 
 def plot(result: dict):
-    """Perplexity change against file size, decode speed as colour, the Pareto front joined; a matplotlib figure."""
+    """Quality (the task metric's drop with a task, else the perplexity change) against file size, decode speed as
+    colour, the Pareto front joined; a matplotlib figure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = result["candidates"]
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     xs = [r["bytes"] / 1e6 for r in rows]
-    ys = [r["perplexity_change_pct"] for r in rows]
+    b = result["budget"]
+    key = "task_drop" if b.get("task") else "perplexity_change_pct"
+    ys = [r[key] for r in rows]
     sc = ax.scatter(xs, ys, c=[r["decode_tokens_per_s"] for r in rows], cmap="viridis", s=60, zorder=3)
     fig.colorbar(sc, ax=ax, label="decode tokens/s")
     for r, x, y in zip(rows, xs, ys, strict=True):
         ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     front = sorted((r for r in rows if r["method"] in result["pareto"]), key=lambda r: r["bytes"])
-    ax.plot([r["bytes"] / 1e6 for r in front], [r["perplexity_change_pct"] for r in front], "--", color="grey",
+    ax.plot([r["bytes"] / 1e6 for r in front], [r[key] for r in front], "--", color="grey",
             zorder=2, label="Pareto front (size, quality, speed)")
-    ax.axhline(result["budget"]["max_loss_increase"], color="tab:red", lw=1, label="loss budget")
+    ax.axhline(b["max_metric_drop"] if b.get("task") else b["max_loss_increase"], color="tab:red", lw=1,
+               label="budget")
     if result["recommended"]:
         best = next(r for r in rows if r["method"] == result["recommended"])
-        ax.scatter([best["bytes"] / 1e6], [best["perplexity_change_pct"]], s=220, facecolors="none",
+        ax.scatter([best["bytes"] / 1e6], [best[key]], s=220, facecolors="none",
                    edgecolors="tab:red", zorder=4, label=f"recommended: {best['method']}")
     ref = result["reference"]
     ax.set_xlabel(f"file size, MB (reference: {ref['bytes'] / 1e6:.1f} MB)")
-    ax.set_ylabel("perplexity change vs reference, %")
+    ax.set_ylabel(f"{b['task_metric']}: points below the model" if b.get("task")
+                  else "perplexity change vs reference, %")
     ax.set_xscale("log")
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(plain)
     ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_title(f"{result['model']}: {result['tokens']:,} tokens of {Path(result['data']).name}")
+    ax.set_title(f"{result['model']}: {b['task']} on {Path(result['task_data']).name}" if b.get("task") else
+                 f"{result['model']}: {result['tokens']:,} tokens of {Path(result['data']).name}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
@@ -245,7 +252,8 @@ def rightsize(model: str, out: str, data: str, *, max_loss_increase: float = 1.0
     if reference is not None and task:
         reference["task_metric"] = model_points
     result = {"model": str(model), "reference": reference, "data": str(data), "task_data": task_data, "tokens": tokens, "budget": budget,
-              "energy_source": energy_source, "candidates": rows, "pareto": pareto(rows),
+              "energy_source": energy_source, "candidates": rows,
+              "pareto": pareto(rows, "task_drop" if task else "perplexity_change_pct"),
               "recommended": best["method"] if best else None, "command": None, "path": None}
     if best:
         final = _target(out_dir, name, best["method"])
