@@ -24,6 +24,20 @@ def shared_data() -> Path | None:
     return path if path.is_dir() else None
 
 
+TINYSTORIES_VALID = "../shared/data/tinystories/valid.txt (first 400,000 characters)"  # as results name it
+
+
+def tinystories_valid(dest: Path) -> str | None:
+    """The held-out text the 135M quantization figures use: the first 400,000 characters of TinyStories'
+    validation split, written to `dest`; None (and a line said) when ../shared/data is absent."""
+    root = shared_data()
+    if root is None:
+        print("skipping 135m: ../shared/data is absent")
+        return None
+    dest.write_text((root / "tinystories" / "valid.txt").read_text(encoding="utf-8")[:400_000], encoding="utf-8")
+    return str(dest)
+
+
 def machine() -> dict:
     cpu = platform.processor() or ""
     try:

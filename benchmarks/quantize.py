@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine, save_result, shared_data  # noqa: E402
+from common import REPO, TINYSTORIES_VALID, machine, save_result, tinystories_valid  # noqa: E402
 
 TYPES = "q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m,q2_k"
 
@@ -105,13 +105,9 @@ def main(argv=None) -> None:
                 model, data = Path(args.small_model), args.small_data
             else:
                 model = Path(args.hf_model)
-                root = shared_data()
-                if root is None:
-                    print("skipping 135m: ../shared/data is absent")
+                data = tinystories_valid(Path(tmp) / "tinystories-valid.txt")
+                if data is None:
                     continue
-                data = str(Path(tmp) / "tinystories-valid.txt")
-                Path(data).write_text((root / "tinystories" / "valid.txt").read_text(encoding="utf-8")[:400_000],
-                                      encoding="utf-8")
             if not (model / "config.json").exists():
                 print(f"skipping {name}: {shown(model)} is missing (make demo; benchmarks/serve_load.py makes the 135M)")
                 continue
@@ -119,7 +115,7 @@ def main(argv=None) -> None:
             results.append(bench_model(name, model, data, types, tokens, Path(tmp)))
             for r in results:
                 if r["data"].startswith(".bench-quantize-") or "/.bench-quantize-" in r["data"]:
-                    r["data"] = "../shared/data/tinystories/valid.txt (first 400,000 characters)"
+                    r["data"] = TINYSTORIES_VALID
             save_result(args.name, {"machine": machine(), "tokens": args.tokens, "models": results})
     print("done")
 

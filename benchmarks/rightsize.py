@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine, relative, save_result, shared_data  # noqa: E402
+from common import REPO, TINYSTORIES_VALID, machine, relative, save_result, shared_data, tinystories_valid  # noqa: E402
 
 SETTINGS = {"small": {"max_tokens": 4096, "max_loss_increase": 1.0},
             "135m": {"max_tokens": 1024, "max_loss_increase": 5.0},
@@ -71,13 +71,10 @@ def main(argv=None) -> None:
         elif name == "small":
             model, data = Path(args.small_model), args.small_data
         else:
-            model, root = Path(args.hf_model), shared_data()
-            if root is None:
-                print("skipping 135m: ../shared/data is absent")
+            model = Path(args.hf_model)
+            data = tinystories_valid(REPO / "runs" / "bench" / "tinystories-valid-400k.txt")
+            if data is None:
                 continue
-            data = str(REPO / "runs" / "bench" / "tinystories-valid-400k.txt")
-            Path(data).write_text((root / "tinystories" / "valid.txt").read_text(encoding="utf-8")[:400_000],
-                                  encoding="utf-8")
         if not model.exists():
             print(f"skipping {name}: {relative(model)} is missing (make demo; benchmarks/serve_load.py makes the 135M)")
             continue
@@ -95,7 +92,7 @@ def main(argv=None) -> None:
         if r["command"]:
             r["command"] = r["command"].replace(str(REPO) + "/", "")
         if name == "135m":
-            r["data"] = "../shared/data/tinystories/valid.txt (first 400,000 characters)"
+            r["data"] = TINYSTORIES_VALID
         r["name"] = name
         results.append(r)
         save_result("rightsize", {"machine": machine(), "models": results})

@@ -12,17 +12,6 @@ pytest.importorskip("llama_cpp")
 
 
 @pytest.fixture(scope="module")
-def text(shop_data, tmp_path_factory):
-    """Held-out text of the shop corpus the tiny model was trained on."""
-    from pocketlm.data.shards import TOKENIZER_DIR, load_tokens
-    from pocketlm.data.tokenizer import load_tokenizer
-    tok = load_tokenizer(shop_data / TOKENIZER_DIR)
-    path = tmp_path_factory.mktemp("text") / "val.txt"
-    path.write_text(tok.decode(list(load_tokens(shop_data, "val"))[:3000]), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
 def quantized(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("quantized")
     files = {}

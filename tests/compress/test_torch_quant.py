@@ -23,16 +23,6 @@ def int8_dir(tiny_run, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def text(shop_data, tmp_path_factory):
-    from pocketlm.data.shards import TOKENIZER_DIR, load_tokens
-    from pocketlm.data.tokenizer import load_tokenizer
-    tok = load_tokenizer(shop_data / TOKENIZER_DIR)
-    path = tmp_path_factory.mktemp("text") / "val.txt"
-    path.write_text(tok.decode(list(load_tokens(shop_data, "val"))[:3000]), encoding="utf-8")
-    return path
-
-
 def test_int8_directory_is_a_transformers_model_with_int8_weights(int8_dir, tiny_run):
     from transformers import AutoModelForCausalLM
 

@@ -32,11 +32,8 @@ GGUF_TYPES = ("q2_k", "q3_k_m", "q4_k_m", "q4_1", "q5_k_m", "q6_k", "q8_0", "f16
 
 
 def default_methods() -> tuple[str, ...]:
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        return GGUF_TYPES
-    return (*GGUF_TYPES, "int8")
+    import importlib.util
+    return (*GGUF_TYPES, "int8") if importlib.util.find_spec("torchao") else GGUF_TYPES
 
 
 def _target(workdir: Path, name: str, method: str) -> Path:

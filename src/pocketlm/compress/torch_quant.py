@@ -28,11 +28,6 @@ from pocketlm.model.io import import_torchao
 METHODS = ("int8",)
 
 
-def _config(method: str):
-    from torchao.quantization import Int8WeightOnlyConfig
-    return Int8WeightOnlyConfig()
-
-
 def _plain_source(model: str, tmp: Path) -> Path:
     """A Hugging Face directory holding `model` unquantized: the directory itself, or a GGUF file dequantized /
     a LoRA adapter merged into its base, written under `tmp`."""
@@ -55,6 +50,7 @@ def quantize_torch(model: str, out: str, method: str = "int8", *, say=print) -> 
     """Write `out`, a Hugging Face directory whose decoder's linear weights are int8; returns its path and size."""
     import_torchao()
     import torch
+    from torchao.quantization import Int8WeightOnlyConfig
     from transformers import AutoModelForCausalLM, TorchAoConfig
 
     from pocketlm.data.tokenizer import load_tokenizer
@@ -73,7 +69,7 @@ def quantize_torch(model: str, out: str, method: str = "int8", *, say=print) -> 
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".quantize-") as tmp:
         src = _plain_source(model, Path(tmp))
         qmodel = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.bfloat16, local_files_only=True,
-                                                      quantization_config=TorchAoConfig(_config(method)))
+                                                      quantization_config=TorchAoConfig(Int8WeightOnlyConfig()))
         tokenizer = load_tokenizer(src)
         done = sum(1 for m in qmodel.modules() if type(getattr(m, "weight", None)).__module__.startswith("torchao"))
         save_model(qmodel, tokenizer, out_path,

@@ -84,47 +84,98 @@ def evaluate_task(model, tokenizer, model_path: str, data: list[str] | str, opts
     task = opts.task
     if task not in metrics.TASKS:
         raise UserError(f"--task {task!r}: choose one of {', '.join(metrics.TASKS)}")
-    if model is None:
-        return _evaluate_gguf(model_path, data, opts, progress)
-    if not tokenizer.chat_template:
+    if model is not None and not tokenizer.chat_template:
         raise UserError(f"{model_path}: the tokenizer has no chat template; fine-tune the model first")
+    if model is None and (opts.copy_slots or opts.schema):
+        raise UserError("--copy-slots and --schema need a PyTorch model (a model or run directory); "
+                        "a GGUF file is scored with any JSON object allowed")
     paths = [data] if isinstance(data, str) else list(data)
     examples, refs, keys = _examples(paths, opts)
-    stops = stop_token_ids(tokenizer)
-    stop_id = stops[-1] if stops else tokenizer.eos_token_id
-    constraint = None
-    intents = slot_names = None
-    if opts.schema:
-        intents, slot_names = _read_schema(opts.schema)
-    if opts.constrain and task == "classification":
-        constraint = LabelConstraint(tokenizer, _read_labels(opts.labels, refs), stop_id)
-    elif opts.constrain and task == "commands":
-        constraint = JSONConstraint(tokenizer, stop_id, intents=intents, slot_names=slot_names)
+    answer, constrained = (_torch_answerer(model, tokenizer, refs, opts) if model is not None
+                           else _gguf_answerer(model_path, refs, opts))
     grounding = find_grounding(model_path) if opts.ground else None
-    cfg = SamplingConfig(max_new_tokens=opts.max_new_tokens, temperature=0)
     inputs, preds, n_tokens = [], [], 0
     t0 = time.perf_counter()
     for _, messages, _ in tqdm(examples, desc=f"{task}", disable=not progress, file=sys.stderr, leave=False):
-        if opts.constrain and task == "commands" and opts.copy_slots:
-            constraint = JSONConstraint(tokenizer, stop_id, copy_from=messages[-2]["content"], intents=intents,
-                                        slot_names=slot_names)
         shown = grounding.ground(messages[:-1]) if grounding is not None else messages[:-1]
-        prompt = tokenizer.apply_chat_template(shown, add_generation_prompt=True, tokenize=False)
-        ids = tokenizer.encode(prompt, add_special_tokens=False)
-        if isinstance(constraint, LabelConstraint) and opts.rank_labels:
-            text = constraint.rank(model, ids)
-            n_tokens += len(tokenizer.encode(text, add_special_tokens=False)) + 1
-        else:
-            out = list(generate_ids(model, ids, cfg, stops, constraint=constraint))
-            n_tokens += len(out)
-            text = tokenizer.decode(out, skip_special_tokens=True).strip()
+        text, n = answer(shown, messages)
+        n_tokens += n
         if task == "commands" and opts.constrain:
             text = JSONConstraint.finish(text)
         inputs.append(messages[-2]["content"] if len(messages) > 1 else "")
         preds.append(text)
     seconds = time.perf_counter() - t0
-    return _result(task, paths, model_path, examples, refs, keys, inputs, preds, n_tokens, seconds, opts,
-                   constrained=constraint is not None, grounded=grounding is not None)
+    gold = keys if task == "facts" else refs
+    extra = {"answers": refs} if task == "facts" else {}
+    scores = metrics.score(task, preds, gold, **extra)
+    per = metrics.per_example(task, preds, gold)
+    rows = [{"input": i, "expected": r, "got": p, "score": round(s, 4)}
+            for i, r, p, s in zip(inputs, gold, preds, per, strict=True)]
+    return {
+        "task": task, "data": ", ".join(paths), "model": str(model_path), "examples_scored": len(examples),
+        "metrics": {k: round(v, 4) for k, v in scores.items()},
+        "examples": rows[:10],
+        "worst": metrics.worst_examples(inputs, preds, gold, per, k=opts.worst),
+        "speed": {"seconds": round(seconds, 2), "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
+                  "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)},
+        "constrained": constrained,
+        "grounded": grounding is not None,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _torch_answerer(model, tokenizer, refs: list, opts: TaskOptions):
+    """(answer(shown, messages) -> (text, tokens), constrained): greedy through pocketlm's engine; classification
+    ranks the labels (or decodes through them), commands decode through valid JSON."""
+    stops = stop_token_ids(tokenizer)
+    stop_id = stops[-1] if stops else tokenizer.eos_token_id
+    intents = slot_names = None
+    if opts.schema:
+        intents, slot_names = _read_schema(opts.schema)
+    constraint = None
+    if opts.constrain and opts.task == "classification":
+        constraint = LabelConstraint(tokenizer, _read_labels(opts.labels, refs), stop_id)
+    elif opts.constrain and opts.task == "commands":
+        constraint = JSONConstraint(tokenizer, stop_id, intents=intents, slot_names=slot_names)
+    cfg = SamplingConfig(max_new_tokens=opts.max_new_tokens, temperature=0)
+
+    def answer(shown: list[dict], messages: list[dict]) -> tuple[str, int]:
+        current = constraint
+        if opts.constrain and opts.task == "commands" and opts.copy_slots:
+            current = JSONConstraint(tokenizer, stop_id, copy_from=messages[-2]["content"], intents=intents,
+                                     slot_names=slot_names)
+        prompt = tokenizer.apply_chat_template(shown, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
+        if isinstance(current, LabelConstraint) and opts.rank_labels:
+            text = current.rank(model, ids)
+            return text, len(tokenizer.encode(text, add_special_tokens=False)) + 1
+        out = list(generate_ids(model, ids, cfg, stops, constraint=current))
+        return tokenizer.decode(out, skip_special_tokens=True).strip(), len(out)
+
+    return answer, constraint is not None
+
+
+def _gguf_answerer(path: str, refs: list, opts: TaskOptions):
+    """(answer, constrained) through llama.cpp: greedy, the file's chat template; classification constrained to
+    the labels and commands to a JSON object by llama.cpp grammars (intents, slot names and copied slots are not
+    enforced)."""
+    from pocketlm.inference.backends import GGUFBackend
+    from pocketlm.inference.llamacpp import choice_grammar
+    backend = GGUFBackend(path, Path(path).name)
+    grammar = None
+    if opts.constrain and opts.task == "classification":
+        grammar = choice_grammar(_read_labels(opts.labels, refs))
+    elif opts.constrain and opts.task == "commands":
+        grammar = backend.json_constraint(None)
+    cfg = SamplingConfig(max_new_tokens=opts.max_new_tokens, temperature=0)
+
+    def answer(shown: list[dict], messages: list[dict]) -> tuple[str, int]:
+        prompt, _ = backend.chat_prompt(shown)
+        stats: dict = {}
+        text = "".join(backend.stream(prompt, cfg, stats, constraint=grammar)).strip()
+        return text, stats["tokens"]
+
+    return answer, grammar is not None
 
 
 def _examples(paths: list[str], opts: TaskOptions) -> tuple[list, list, list | None]:
@@ -145,62 +196,6 @@ def _examples(paths: list[str], opts: TaskOptions) -> tuple[list, list, list | N
             raise UserError(f"{missing[0]}: no field {opts.key_field!r} (the string a correct answer must contain)")
         keys = [str(rec[opts.key_field]) for _, _, rec in examples]
     return examples, refs, keys
-
-
-def _evaluate_gguf(path: str, data: list[str] | str, opts: TaskOptions, progress: bool) -> dict:
-    """The task through llama.cpp: greedy, the file's chat template; classification constrained to the labels and
-    commands to a JSON object by llama.cpp grammars (intents, slot names and copied slots are not enforced)."""
-    from pocketlm.inference.backends import GGUFBackend
-    from pocketlm.inference.llamacpp import choice_grammar
-    task, paths = opts.task, ([data] if isinstance(data, str) else list(data))
-    if opts.copy_slots or opts.schema:
-        raise UserError("--copy-slots and --schema need a PyTorch model (a model or run directory); "
-                        "a GGUF file is scored with any JSON object allowed")
-    examples, refs, keys = _examples(paths, opts)
-    backend = GGUFBackend(path, Path(path).name)
-    grammar = None
-    if opts.constrain and task == "classification":
-        grammar = choice_grammar(_read_labels(opts.labels, refs))
-    elif opts.constrain and task == "commands":
-        grammar = backend.json_constraint(None)
-    grounding = find_grounding(path) if opts.ground else None
-    cfg = SamplingConfig(max_new_tokens=opts.max_new_tokens, temperature=0)
-    inputs, preds, n_tokens = [], [], 0
-    t0 = time.perf_counter()
-    for _, messages, _ in tqdm(examples, desc=f"{task}", disable=not progress, file=sys.stderr, leave=False):
-        shown = grounding.ground(messages[:-1]) if grounding is not None else messages[:-1]
-        prompt, _ = backend.chat_prompt(shown)
-        stats: dict = {}
-        text = "".join(backend.stream(prompt, cfg, stats, constraint=grammar)).strip()
-        n_tokens += stats["tokens"]
-        if task == "commands" and opts.constrain:
-            text = JSONConstraint.finish(text)
-        inputs.append(messages[-2]["content"] if len(messages) > 1 else "")
-        preds.append(text)
-    seconds = time.perf_counter() - t0
-    return _result(task, paths, path, examples, refs, keys, inputs, preds, n_tokens, seconds, opts,
-                   constrained=grammar is not None, grounded=grounding is not None)
-
-
-def _result(task, paths, model_path, examples, refs, keys, inputs, preds, n_tokens, seconds, opts, *,
-            constrained: bool, grounded: bool) -> dict:
-    gold = keys if task == "facts" else refs
-    extra = {"answers": refs} if task == "facts" else {}
-    scores = metrics.score(task, preds, gold, **extra)
-    per = metrics.per_example(task, preds, gold)
-    rows = [{"input": i, "expected": r, "got": p, "score": round(s, 4)}
-            for i, r, p, s in zip(inputs, gold, preds, per, strict=True)]
-    return {
-        "task": task, "data": ", ".join(paths), "model": str(model_path), "examples_scored": len(examples),
-        "metrics": {k: round(v, 4) for k, v in scores.items()},
-        "examples": rows[:10],
-        "worst": metrics.worst_examples(inputs, preds, gold, per, k=opts.worst),
-        "speed": {"seconds": round(seconds, 2), "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
-                  "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)},
-        "constrained": constrained,
-        "grounded": grounded,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
 
 
 def default_save_path(model_path: str, task: str, data: list[str] | str) -> Path | None:

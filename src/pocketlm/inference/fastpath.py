@@ -142,8 +142,9 @@ def _matrix(w: torch.Tensor) -> torch.Tensor | Int8Weight:
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor | Int8Weight) -> torch.Tensor:
-    """x @ w.T; int8 weights through torch's int8 weight-only kernel on CPU (measured 1.4x bf16's tokens/s on
-    SmolLM2-135M), elsewhere dequantized per call."""
+    """x @ w.T; int8 weights through torch's int8 weight-only kernel on CPU (2.3x torchao's dequantizing path on
+    SmolLM2-135M, level with bf16 on a CPU without VNNI: benchmarks/quantize_torch.py), elsewhere dequantized per
+    call."""
     if not isinstance(w, Int8Weight):
         return F.linear(x, w)
     if x.device.type != "cpu":
